@@ -1,0 +1,26 @@
+"""wasmrun.runtime: the dynamic linker for WebAssembly (dylink.0) over wasmtime.
+
+Synchronous and socket-free; the CLI and the daemon are thin layers over
+:class:`Runtime`.
+"""
+
+from .api import RunResult, Runtime, WasiOptions, make_engine
+from .errors import BinaryFormatError, GuestTrap, LimitError, LoadError, SymbolError, WasmrunError
+from .instance import InstanceSet
+from .plan import LinkOptions, LinkPlan
+
+__all__ = [
+    "BinaryFormatError",
+    "GuestTrap",
+    "InstanceSet",
+    "LimitError",
+    "LinkOptions",
+    "LinkPlan",
+    "LoadError",
+    "RunResult",
+    "Runtime",
+    "SymbolError",
+    "WasiOptions",
+    "WasmrunError",
+    "make_engine",
+]

@@ -1,0 +1,59 @@
+"""Errors raised by the linker.
+
+Every error a user can cause carries enough context (file, symbol, byte
+offset) to be printed as one line, ld.so style, without a traceback. The CLI
+maps :class:`LoadError` to exit status 127 like a dynamic loader does.
+"""
+
+from __future__ import annotations
+
+
+class WasmrunError(Exception):
+    """Base class of every error wasmrun reports to a user."""
+
+
+class LoadError(WasmrunError):
+    """The program or one of its libraries could not be loaded or linked.
+
+    ``str(err)`` is the full one-line message, e.g.
+    ``libfoo.so: cannot open shared object file``.
+    """
+
+
+class BinaryFormatError(LoadError):
+    """A file is not WebAssembly, or its structure is malformed.
+
+    Carries the file and the byte offset where decoding failed, so a user can
+    inspect the exact spot with ``wasm-tools objdump``.
+    """
+
+    def __init__(self, file: str, offset: int, what: str) -> None:
+        self.file = file
+        self.offset = offset
+        self.what = what
+        super().__init__(f"{file}: {what} (at byte offset {offset:#x})")
+
+
+class SymbolError(LoadError):
+    """A symbol could not be resolved or has an incompatible type."""
+
+
+class LimitError(LoadError):
+    """A module asks for more memory or table space than allowed."""
+
+
+class GuestTrap(WasmrunError):
+    """The guest trapped: the message and a wasm backtrace, already formatted."""
+
+    def __init__(self, message: str, backtrace: list[str]) -> None:
+        self.message = message
+        self.backtrace = backtrace
+        super().__init__(message)
+
+    def render(self) -> str:
+        """The trap and its backtrace as printed by the CLI."""
+        lines = [f"wasm trap: {self.message}"]
+        if self.backtrace:
+            lines.append("wasm backtrace:")
+            lines.extend(f"  {i}: {frame}" for i, frame in enumerate(self.backtrace))
+        return "\n".join(lines)

@@ -1,0 +1,665 @@
+"""The link plan: everything about a program's linking that does not depend on
+a particular run.
+
+Given the root module (a program or a library) and options, the planner
+loads the NEEDED closure, fixes the order of the global symbol scope and of
+instantiation, lays out memory and table, resolves every import to a binding,
+assigns GOT and PLT slots, and records what must be filled after
+instantiation. A run (see :mod:`.instance`) only replays the plan: it never
+looks a symbol up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from .cache import ModuleCache
+from .dylink import SYMBOL_TLS
+from .errors import LimitError, LoadError, SymbolError
+from .module import HOUSEKEEPING_EXPORTS, ModuleImage
+from .search import SearchPath
+from .wasmbin import (
+    KIND_FUNC,
+    KIND_GLOBAL,
+    KIND_MEMORY,
+    KIND_NAMES,
+    KIND_TABLE,
+    KIND_TAG,
+    FuncType,
+    GlobalType,
+    Limits,
+    TableType,
+)
+
+PAGE: Final = 65536
+# Bytes left unused at address 0, so that writes through small null-based
+# pointers do not land in the stack or in data.
+NULL_GUARD: Final = 1024
+# Names the linker provides itself; never looked up in the symbol scope.
+LAYOUT_SYMBOLS: Final = frozenset(
+    {"__heap_base", "__heap_end", "__stack_low", "__stack_high", "__dso_handle"}
+)
+SCOPE_EXCLUDED: Final = (
+    HOUSEKEEPING_EXPORTS
+    | LAYOUT_SYMBOLS
+    | {
+        "__data_end",
+        "__global_base",
+        "_start",
+    }
+)
+
+# Binding kinds (one per import, in import order).
+B_MEMORY: Final = 0  # the shared linear memory
+B_TABLE: Final = 1  # the shared indirect function table
+B_GLOBAL: Final = 2  # arg: index into LinkPlan.globals
+B_DIRECT: Final = 3  # arg: (module index, export name), already instantiated
+B_PLT: Final = 4  # arg: PLT stub index
+B_WASI: Final = 5  # arg: WASI function name (export of the shim)
+B_TAG: Final = 6  # arg: tag index into LinkPlan.tags
+B_TRAP: Final = 7  # arg: index into LinkPlan.traps (host function that traps)
+B_EXPORT: Final = 8  # arg: (module index, export name), a non-function export
+
+
+@attrs.frozen
+class LinkOptions:
+    """Options that change the plan (and so are part of its identity)."""
+
+    bind_now: bool = False
+    stack_size: int = 1 << 20
+    max_memory: int = 1 << 32  # bytes the memory may grow to
+    preload: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PlannedModule:
+    image: ModuleImage
+    memory_base: int
+    table_base: int
+    tls_base: int | None
+    needed: tuple[int, ...]  # indices of resolved NEEDED modules
+    binds: tuple[tuple[int, object], ...] = ()
+
+
+@attrs.frozen
+class PltStub:
+    type: FuncType
+    target: tuple[int, str] | None  # None: unresolved, the slot traps
+    symbol: str
+    importer: str
+
+
+@attrs.frozen
+class TrapStub:
+    """A host function standing in for a function that does not exist."""
+
+    type: FuncType
+    message: str
+
+
+@attrs.frozen
+class PlannedGlobal:
+    mutable: bool
+    value: int
+    # For a data symbol whose address is only known after instantiation:
+    late: tuple[int, str] | None = None
+
+
+@attrs.frozen
+class TableFill:
+    slot: int
+    target: tuple[int, str] | None  # (module, export) or None: slot traps
+    trap: int | None = None  # index into traps when target is None
+
+
+@attrs.define
+class LinkPlan:
+    root: int
+    modules: list[PlannedModule]  # in global-scope (load) order
+    inst_order: list[int]
+    nonpie: bool
+    memory_pages: int
+    memory_max_pages: int | None
+    table_size: int
+    stack_low: int
+    stack_high: int
+    heap_base: int
+    heap_end: int
+    globals: list[PlannedGlobal]
+    table_fills: list[TableFill]
+    plt: list[PltStub]
+    traps: list[TrapStub]
+    wasi: list[tuple[str, FuncType]]
+    tags: list[tuple[str, FuncType]]
+    scope: dict[str, int]
+    unresolved: list[tuple[str, str, str]]  # (importer, symbol, kind) non-weak misses
+    options: LinkOptions
+
+    @property
+    def root_module(self) -> PlannedModule:
+        return self.modules[self.root]
+
+
+def _align(x: int, log2: int) -> int:
+    a = 1 << log2
+    return (x + a - 1) & ~(a - 1)
+
+
+def _file_key(path: str) -> tuple[int, int] | str:
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return os.path.abspath(path)
+
+
+class _Loader:
+    """Loads the NEEDED closure breadth-first (the global scope order)."""
+
+    def __init__(self, cache: ModuleCache, search: SearchPath) -> None:
+        self.cache = cache
+        self.search = search
+        self.images: list[ModuleImage] = []
+        self.needed: list[list[int]] = []
+        self.by_file: dict[tuple[int, int] | str, int] = {}
+        self.by_name: dict[str, int] = {}
+
+    def add(self, path: str, name: str) -> int:
+        key = _file_key(path)
+        if key in self.by_file:
+            return self.by_file[key]
+        image = self.cache.load(path, name)
+        if image.kind == "plain" and self.images:
+            raise LoadError(
+                f"{image.path}: not a shared library (it has no dylink.0 section), "
+                f"needed by {self.images[0].display}"
+            )
+        idx = len(self.images)
+        self.images.append(image)
+        self.needed.append([])
+        self.by_file[key] = idx
+        self.by_name.setdefault(os.path.basename(name), idx)
+        return idx
+
+    def resolve(self, name: str, requester: ModuleImage) -> str:
+        rpath = requester.dylink.runtime_path if requester.dylink else ()
+        found = self.search.find(name, requester.path, rpath)
+        if found is None:
+            tried = self.search.candidates(name, requester.path, rpath)
+            where = (
+                f"; searched {', '.join(os.path.dirname(t) or '.' for t in tried)}"
+                if tried
+                else ("; no library path set: use -L DIR or WASMRUN_LIBRARY_PATH")
+            )
+            raise LoadError(
+                f"error while loading shared libraries: {name}: cannot open shared object "
+                f"file: No such file or directory (needed by {requester.display}{where})"
+            )
+        return found
+
+    def closure(self, root_path: str, preload: Sequence[str]) -> list[int]:
+        """Load root, preloads and every NEEDED library; returns preload indices."""
+        root = self.add(root_path, root_path)
+        pre = []
+        for p in preload:
+            pre.append(self.add(self.resolve(p, self.images[root]), p))
+        i = 0
+        while i < len(self.images):
+            image = self.images[i]
+            for dep in image.needed:
+                if "/" not in dep and dep in self.by_name:
+                    j = self.by_name[dep]
+                else:
+                    j = self.add(self.resolve(dep, image), dep)
+                if j not in self.needed[i]:
+                    self.needed[i].append(j)
+            i += 1
+        return pre
+
+
+def _instantiation_order(needed: list[list[int]], roots: Sequence[int]) -> list[int]:
+    """Dependencies first (DFS post-order); a cycle's back-edge goes via PLT."""
+    order: list[int] = []
+    state: dict[int, int] = {}
+    for root in roots:
+        if root in state:
+            continue
+        stack = [(root, 0)]
+        state[root] = 1
+        while stack:
+            node, k = stack.pop()
+            deps = needed[node]
+            if k < len(deps):
+                stack.append((node, k + 1))
+                d = deps[k]
+                if d not in state:
+                    state[d] = 1
+                    stack.append((d, 0))
+            else:
+                state[node] = 2
+                order.append(node)
+    return order
+
+
+class Planner:
+    """Builds a :class:`LinkPlan`; one planner per plan."""
+
+    def __init__(self, cache: ModuleCache, search: SearchPath, options: LinkOptions) -> None:
+        self.cache = cache
+        self.search = search
+        self.options = options
+
+    def plan(self, root_path: str, strict: bool = True) -> LinkPlan:
+        """Build the plan; with ``strict=False`` unresolved symbols are only
+        recorded in ``plan.unresolved`` (for ``wasmrun ldd``)."""
+        loader = _Loader(self.cache, self.search)
+        preload = loader.closure(root_path, self.options.preload)
+        images = loader.images
+        root = 0
+        # A plain WASI program (no dylink.0) defines its memory like a non-PIE main.
+        nonpie = images[root].kind in ("nonpie", "plain")
+        if nonpie:
+            rest = _instantiation_order(loader.needed, [*preload, *loader.needed[root]])
+            inst_order = [root, *(i for i in rest if i != root)]
+        else:
+            inst_order = _instantiation_order(loader.needed, [*preload, root])
+        layout = self._layout(images, nonpie)
+        resolver = _Resolver(images, loader.needed, inst_order, layout, nonpie, self.options)
+        return resolver.run(strict)
+
+    def _layout(self, images: list[ModuleImage], nonpie: bool) -> dict[str, object]:
+        opts = self.options
+        mem_bases: list[int] = []
+        table_bases: list[int] = []
+        tls_bases: list[int | None] = []
+        if nonpie:
+            main = images[0]
+            stack_low = main.export_value("__stack_low", 0, 0) or 0
+            stack_high = main.export_value("__stack_high", 0, 0) or 0
+            mem_min = main.info.memories[0].minimum * PAGE if main.info.memories else 0
+            addr = main.export_value("__heap_base", 0, 0) or mem_min
+            tbase = main.info.tables[0].limits.minimum if main.info.tables else 1
+        else:
+            stack_low = NULL_GUARD
+            stack_high = _align(stack_low + opts.stack_size, 4)
+            addr = stack_high
+            tbase = 1  # slot 0 stays null: a null function pointer traps
+        for i, image in enumerate(images):
+            dl = image.dylink
+            if nonpie and i == 0:
+                mem_bases.append(0)
+                table_bases.append(0)
+                tls_bases.append(None)
+                continue
+            if dl is None:
+                raise LoadError(f"{image.path}: not a shared library (no dylink.0 section)")
+            addr = _align(addr, dl.mem_align)
+            mem_bases.append(addr)
+            addr += dl.mem_size
+            tls = None
+            if "__wasm_init_tls" in image.info.exports:
+                size = image.export_value("__tls_size", 0, 0) or 0
+                align = image.export_value("__tls_align", 0, 0) or 1
+                addr = (addr + align - 1) // align * align
+                tls = addr
+                addr += size
+            tls_bases.append(tls)
+            if addr > opts.max_memory:
+                raise LimitError(
+                    f"{image.path}: needs {dl.mem_size} bytes of memory (dylink.0 MEM_INFO), "
+                    f"which exceeds the memory limit of {opts.max_memory} bytes"
+                )
+            tbase = _align(tbase, dl.table_align)
+            table_bases.append(tbase)
+            tbase += dl.table_size
+            if tbase > 10_000_000:
+                raise LimitError(
+                    f"{image.path}: needs {dl.table_size} table slots (dylink.0 MEM_INFO), "
+                    "which exceeds the table limit of 10000000"
+                )
+        heap_base = _align(addr, 4)
+        limits = [
+            imp.desc
+            for im in images
+            for imp in im.info.imports
+            if imp.kind == KIND_MEMORY and isinstance(imp.desc, Limits)
+        ]
+        if nonpie:
+            limits.extend(images[0].info.memories[:1])
+        min_pages = max([lim.minimum for lim in limits] or [0])
+        pages = max(-(-heap_base // PAGE), min_pages, 1)
+        maxes = [lim.maximum for lim in limits if lim.maximum is not None]
+        max_pages = min([*maxes, opts.max_memory // PAGE])
+        if pages > max_pages:
+            raise LimitError(
+                f"{images[0].path}: the program needs {pages} pages of memory, "
+                f"over the limit of {max_pages} pages"
+            )
+        return {
+            "mem_bases": mem_bases,
+            "table_bases": table_bases,
+            "tls_bases": tls_bases,
+            "stack_low": stack_low,
+            "stack_high": stack_high,
+            "heap_base": heap_base,
+            "heap_end": pages * PAGE,
+            "pages": pages,
+            "max_pages": max_pages,
+            "table_end": tbase,
+        }
+
+
+class _Resolver:
+    """Resolves every import of every module to a binding."""
+
+    def __init__(
+        self,
+        images: list[ModuleImage],
+        needed: list[list[int]],
+        inst_order: list[int],
+        layout: dict,
+        nonpie: bool,
+        options: LinkOptions,
+    ) -> None:
+        self.images = images
+        self.needed = needed
+        self.inst_order = inst_order
+        self.inst_pos = {m: i for i, m in enumerate(inst_order)}
+        self.L = layout
+        self.nonpie = nonpie
+        self.options = options
+        self.globals: list[PlannedGlobal] = []
+        self.global_keys: dict[tuple, int] = {}
+        self.table_fills: list[TableFill] = []
+        self.table_end: int = layout["table_end"]
+        self.canonical: dict[tuple[int, int], int] = {}
+        self.plt: list[PltStub] = []
+        self.plt_keys: dict[tuple, int] = {}
+        self.traps: list[TrapStub] = []
+        self.wasi: dict[str, FuncType] = {}
+        self.tags: dict[str, FuncType] = {}
+        self.errors: list[str] = []
+        self.unresolved: list[tuple[str, str, str]] = []
+        self.scope: dict[str, int] = {}
+        for idx, image in enumerate(images):
+            for name in image.info.exports:
+                if name not in SCOPE_EXCLUDED and name not in self.scope:
+                    self.scope[name] = idx
+        self._index_elements()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _global(self, key: tuple, mutable: bool, value: int, late=None) -> int:
+        if key in self.global_keys:
+            return self.global_keys[key]
+        self.global_keys[key] = len(self.globals)
+        self.globals.append(PlannedGlobal(mutable, value & 0xFFFFFFFF, late))
+        return self.global_keys[key]
+
+    def _index_elements(self) -> None:
+        """Record where each module's own element segments put functions, so
+        that GOT.func entries reuse those slots: one address per function."""
+        for idx, image in enumerate(self.images):
+            names = image.info.imported_global_names()
+            env = {
+                g: self.L["table_bases"][idx]
+                for g, n in names.items()
+                if n == ("env", "__table_base")
+            }
+            for seg in image.info.elements:
+                if seg.table != 0:
+                    continue
+                off = seg.offset.eval_i32(env)
+                if off is None:
+                    continue
+                for k, f in enumerate(seg.funcs):
+                    if f is not None:
+                        self.canonical.setdefault((idx, f), off + k)
+
+    def _trap(self, ft: FuncType, message: str) -> int:
+        self.traps.append(TrapStub(ft, message))
+        return len(self.traps) - 1
+
+    def _missing(self, importer: ModuleImage, name: str, kind: str) -> None:
+        self.unresolved.append((importer.display, name, kind))
+        self.errors.append(f"{importer.display}: undefined symbol: {name} ({kind})")
+
+    def _owner(self, name: str, want: int, importer: ModuleImage) -> int | None:
+        owner = self.scope.get(name)
+        if owner is None:
+            return None
+        exp = self.images[owner].info.exports[name]
+        if exp.kind != want:
+            raise SymbolError(
+                f"{importer.display}: symbol {name} is imported as a "
+                f"{KIND_NAMES[want]} but {self.images[owner].display} exports a "
+                f"{KIND_NAMES[exp.kind]}"
+            )
+        return owner
+
+    # -- per import kind ---------------------------------------------------
+
+    def _func(self, mi: int, name: str, ft: FuncType) -> tuple[int, object]:
+        image = self.images[mi]
+        owner = self._owner(name, KIND_FUNC, image)
+        if owner is None:
+            weak = image.dylink is not None and image.dylink.is_weak_import("env", name)
+            if weak:
+                msg = f"call to undefined weak function {name} (imported by {image.display})"
+                return (B_TRAP, self._trap(ft, msg))
+            if self.options.bind_now:
+                self._missing(image, name, "function")
+                return (B_TRAP, self._trap(ft, "unreachable"))
+            self.unresolved.append((image.display, name, "function"))
+            return (B_PLT, self._plt(ft, None, name, image.display))
+        exporter = self.images[owner]
+        eft = exporter.info.func_type(exporter.info.exports[name].index)
+        if eft != ft:
+            raise SymbolError(
+                f"{image.display}: symbol {name} has type {ft} but "
+                f"{exporter.display} defines it as {eft}"
+            )
+        if self.inst_pos[owner] < self.inst_pos[mi]:
+            return (B_DIRECT, (owner, name))
+        return (B_PLT, self._plt(ft, (owner, name), name, image.display))
+
+    def _plt(self, ft: FuncType, target: tuple[int, str] | None, name: str, importer: str) -> int:
+        key = (target, name, ft) if target is not None else (None, name, importer, ft)
+        if key not in self.plt_keys:
+            self.plt_keys[key] = len(self.plt)
+            self.plt.append(PltStub(ft, target, name, importer))
+        return self.plt_keys[key]
+
+    def _layout_value(self, mi: int, name: str) -> int:
+        L = self.L
+        return {
+            "__heap_base": L["heap_base"],
+            "__heap_end": L["heap_end"],
+            "__stack_low": L["stack_low"],
+            "__stack_high": L["stack_high"],
+            "__dso_handle": L["mem_bases"][mi],
+        }[name]
+
+    def _got_mem(self, mi: int, name: str, mutable: bool) -> int:
+        image = self.images[mi]
+        if name in LAYOUT_SYMBOLS:
+            key = ("dso", mi) if name == "__dso_handle" else ("layout", name)
+            return self._global((*key, mutable), mutable, self._layout_value(mi, name))
+        owner = self._owner(name, KIND_GLOBAL, image)
+        if owner is None:
+            if image.dylink is not None and image.dylink.is_weak_import("GOT.mem", name):
+                return self._global(("zero", mutable), mutable, 0)
+            self._missing(image, name, "data")
+            return self._global(("zero", mutable), mutable, 0)
+        exporter = self.images[owner]
+        base = self.L["mem_bases"][owner]
+        tbase = self.L["table_bases"][owner]
+        if exporter.dylink is not None and exporter.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
+            tls = self.L["tls_bases"][owner]
+            if tls is None:
+                raise LoadError(
+                    f"{exporter.path}: TLS symbol {name} but the module has no __wasm_init_tls"
+                )
+            value = exporter.export_value(name, tls, tbase)
+        else:
+            value = exporter.export_value(name, base, tbase)
+        if value is None:
+            return self._global(("late", name, mutable), mutable, 0, late=(owner, name))
+        return self._global(("GOT.mem", name, mutable), mutable, value)
+
+    def _got_func(self, mi: int, name: str, mutable: bool) -> int:
+        image = self.images[mi]
+        owner = self._owner(name, KIND_FUNC, image)
+        if owner is None:
+            if image.dylink is not None and image.dylink.is_weak_import("GOT.func", name):
+                return self._global(("zero", mutable), mutable, 0)
+            if self.options.bind_now:
+                self._missing(image, name, "function")
+                return self._global(("zero", mutable), mutable, 0)
+            self.unresolved.append((image.display, name, "function"))
+            key = ("GOT.func.missing", name, mutable)
+            if key not in self.global_keys:
+                slot = self._new_slot()
+                ft = FuncType((), ())
+                trap = self._trap(
+                    ft, f"symbol lookup error: {image.display}: undefined symbol: {name}"
+                )
+                self.table_fills.append(TableFill(slot, None, trap))
+                return self._global(key, mutable, slot)
+            return self.global_keys[key]
+        funcidx = self.images[owner].info.exports[name].index
+        slot = self.canonical.get((owner, funcidx))
+        if slot is None:
+            slot = self._new_slot()
+            self.canonical[(owner, funcidx)] = slot
+            self.table_fills.append(TableFill(slot, (owner, name)))
+        return self._global(("GOT.func", owner, funcidx, mutable), mutable, slot)
+
+    def _new_slot(self) -> int:
+        slot = self.table_end
+        self.table_end += 1
+        return slot
+
+    def _env_global(self, mi: int, name: str, gt: GlobalType) -> tuple[int, object]:
+        image = self.images[mi]
+        L = self.L
+        if name == "__stack_pointer":
+            if self.nonpie:
+                return (B_EXPORT, (0, "__stack_pointer"))
+            return (B_GLOBAL, self._global(("sp",), True, L["stack_high"]))
+        if name == "__memory_base":
+            return (B_GLOBAL, self._global(("mb", mi, gt.mutable), gt.mutable, L["mem_bases"][mi]))
+        if name == "__table_base":
+            return (
+                B_GLOBAL,
+                self._global(("tb", mi, gt.mutable), gt.mutable, L["table_bases"][mi]),
+            )
+        if name == "__tls_base":
+            tls = L["tls_bases"][mi] or 0
+            return (B_GLOBAL, self._global(("tls", mi, gt.mutable), gt.mutable, tls))
+        if name in LAYOUT_SYMBOLS:
+            return (B_GLOBAL, self._got_mem(mi, name, gt.mutable))
+        owner = self._owner(name, KIND_GLOBAL, image)
+        if owner is not None and self.inst_pos[owner] < self.inst_pos[mi]:
+            return (B_EXPORT, (owner, name))
+        raise SymbolError(
+            f"{image.display}: cannot resolve global import env.{name}"
+            + (" (its definer is instantiated later)" if owner is not None else "")
+        )
+
+    def _bind(self, mi: int) -> tuple[tuple[int, object], ...]:
+        image = self.images[mi]
+        binds: list[tuple[int, object]] = []
+        for imp in image.info.imports:
+            mod, name, kind, desc = imp.module, imp.name, imp.kind, imp.desc
+            if mod == "env":
+                if kind == KIND_MEMORY:
+                    binds.append((B_MEMORY, None))
+                elif kind == KIND_TABLE:
+                    binds.append((B_TABLE, None))
+                elif kind == KIND_GLOBAL:
+                    assert isinstance(desc, GlobalType)
+                    binds.append(self._env_global(mi, name, desc))
+                elif kind == KIND_TAG:
+                    assert isinstance(desc, FuncType)
+                    if name in self.tags and self.tags[name] != desc:
+                        raise SymbolError(
+                            f"{image.display}: tag {name} has type {desc}, "
+                            f"another module uses {self.tags[name]}"
+                        )
+                    self.tags.setdefault(name, desc)
+                    binds.append((B_TAG, list(self.tags).index(name)))
+                else:
+                    assert isinstance(desc, FuncType)
+                    binds.append(self._func(mi, name, desc))
+            elif mod in ("GOT.mem", "GOT.func") and kind == KIND_GLOBAL:
+                assert isinstance(desc, GlobalType)
+                if mod == "GOT.mem":
+                    binds.append((B_GLOBAL, self._got_mem(mi, name, desc.mutable)))
+                else:
+                    binds.append((B_GLOBAL, self._got_func(mi, name, desc.mutable)))
+            elif mod == "wasi_snapshot_preview1" and kind == KIND_FUNC:
+                assert isinstance(desc, FuncType)
+                prev = self.wasi.setdefault(name, desc)
+                if prev != desc:
+                    raise SymbolError(
+                        f"{image.display}: WASI function {name} imported with type {desc}, "
+                        f"another module uses {prev}"
+                    )
+                binds.append((B_WASI, name))
+            else:
+                raise SymbolError(
+                    f"{image.display}: unknown import {mod}.{name} ({KIND_NAMES.get(kind, '?')})"
+                )
+        return tuple(binds)
+
+    def run(self, strict: bool = True) -> LinkPlan:
+        planned = []
+        for mi, image in enumerate(self.images):
+            planned.append(
+                PlannedModule(
+                    image=image,
+                    memory_base=self.L["mem_bases"][mi],
+                    table_base=self.L["table_bases"][mi],
+                    tls_base=self.L["tls_bases"][mi],
+                    needed=tuple(self.needed[mi]),
+                    binds=self._bind(mi),
+                )
+            )
+        if self.errors and self.options.bind_now and strict:
+            raise SymbolError("symbol lookup error: " + "; ".join(self.errors))
+        data_missing = [e for e in self.errors if e.endswith("(data)")]
+        if data_missing and strict:
+            raise SymbolError("symbol lookup error: " + "; ".join(data_missing))
+        table_imports = [
+            imp.desc.limits.minimum
+            for im in self.images
+            for imp in im.info.imports
+            if imp.kind == KIND_TABLE and isinstance(imp.desc, TableType)
+        ]
+        return LinkPlan(
+            root=0,
+            modules=planned,
+            inst_order=self.inst_order,
+            nonpie=self.nonpie,
+            memory_pages=self.L["pages"],
+            memory_max_pages=self.L["max_pages"],
+            table_size=max([self.table_end, *table_imports]),
+            stack_low=self.L["stack_low"],
+            stack_high=self.L["stack_high"],
+            heap_base=self.L["heap_base"],
+            heap_end=self.L["heap_end"],
+            globals=self.globals,
+            table_fills=self.table_fills,
+            plt=self.plt,
+            traps=self.traps,
+            wasi=sorted(self.wasi.items()),
+            tags=list(self.tags.items()),
+            scope=self.scope,
+            unresolved=self.unresolved,
+            options=self.options,
+        )
