@@ -87,30 +87,32 @@ class GeneratedModules:
         return mod
 
 
+def _trap_reason(text: str) -> str:
+    """The cause of a trap, without wasmtime's embedded backtrace."""
+    if "Caused by:" in text:
+        causes = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
+        if causes:
+            reason = causes[-1]
+            return reason.removeprefix("wasm trap: ")
+    first = text.strip().splitlines()[0] if text.strip() else "trap"
+    return first.removeprefix("wasm trap: ")
+
+
 def format_trap(err: BaseException) -> GuestTrap:
-    """A wasmtime trap as message plus readable wasm backtrace."""
+    """A wasmtime trap (or runtime error) as its reason plus a wasm backtrace."""
+    text = err.message if isinstance(err, wasmtime.Trap) else str(err)
+    frames: list[str] = []
     if isinstance(err, wasmtime.Trap):
-        message = err.message
-        frames = []
         for fr in err.frames:
             fn = fr.func_name or f"<func {fr.func_index}>"
             mod = fr.module_name or "<module>"
             frames.append(f"{mod}!{fn} (offset {fr.module_offset:#x})")
-        return GuestTrap(message.splitlines()[0] if message else "trap", frames)
-    text = str(err).strip()
-    lines = text.splitlines()
-    head = lines[0] if lines else "trap"
-    frames = [ln.strip() for ln in lines[1:] if ln.strip() and not ln.startswith("wasm backtrace")]
-    if "Caused by:" in text:
-        cause = text.split("Caused by:", 1)[1].strip().splitlines()
-        if cause:
-            head = f"{head}: {cause[-1].strip().lstrip('0123456789: ')}"
-        frames = [
-            f
-            for f in frames
-            if not f.startswith("Caused by") and not f[:1].isdigit() or "!" in f or "<" in f
-        ]
-    return GuestTrap(head, [f for f in frames if f and not f.startswith("Caused by")])
+    else:
+        for ln in text.splitlines():
+            head, sep, where = ln.strip().partition(" - ")
+            if sep and head.split(":")[0].isdigit():
+                frames.append(f"{where} (offset {head.split()[-1]})")
+    return GuestTrap(_trap_reason(text), frames)
 
 
 class InstanceSet:

@@ -40,6 +40,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -113,8 +114,15 @@ def load_manifest(manifest_path: Path) -> list[Target]:
     for i, entry in enumerate(raw):
         where = f"{manifest_path}: target #{i + 1}"
         name = entry.get("name")
-        if not isinstance(name, str) or not name or Path(name).name != name or name[0] == ".":
-            raise CorpusError(f"{where}: 'name' must be a plain file name")
+        # A name may sit in one subfolder ("v2/libfoo.so"): variants of a library
+        # keep the same file name, which is what NEEDED entries record.
+        parts = name.split("/") if isinstance(name, str) else []
+        if (
+            not parts
+            or len(parts) > 2
+            or any(not p or p[0] == "." or Path(p).name != p for p in parts)
+        ):
+            raise CorpusError(f"{where}: 'name' must be a file name, optionally in one subfolder")
         where = f"{manifest_path}: target {name!r}"
         unknown = set(entry) - _FIELDS
         if unknown:
@@ -179,17 +187,19 @@ def _stamp(t: Target, base: Path, lib_hashes: dict[str, str]) -> str:
         if sha is None:
             raise CorpusError(f"target {t.name!r}: source not found: {base / src}")
         sources.append([src, sha])
-    return _sha256_json({
-        "recipe": wasmcc.RECIPE_VERSION,
-        "zig": wasmcc.zig_version(),
-        "kind": t.kind,
-        "sources": sources,
-        "libs": [[lib, lib_hashes[lib]] for lib in t.libs],
-        "rpath": list(t.rpath),
-        "cflags": list(t.cflags),
-        "ldflags": list(t.ldflags),
-        "debug": t.debug,
-    })
+    return _sha256_json(
+        {
+            "recipe": wasmcc.RECIPE_VERSION,
+            "zig": wasmcc.zig_version(),
+            "kind": t.kind,
+            "sources": sources,
+            "libs": [[lib, lib_hashes[lib]] for lib in t.libs],
+            "rpath": list(t.rpath),
+            "cflags": list(t.cflags),
+            "ldflags": list(t.ldflags),
+            "debug": t.debug,
+        }
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -236,8 +246,13 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_corpus(manifest_path: Path, out_dir: Path, *, force: bool = False,
-                 log: Callable[[str], None] | None = None) -> Path:
+def build_corpus(
+    manifest_path: Path,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Build every target of the manifest into ``out_dir``; return ``out_dir``.
 
     Targets are built one after another in manifest order (the machines
@@ -256,7 +271,8 @@ def build_corpus(manifest_path: Path, out_dir: Path, *, force: bool = False,
         out_hashes: dict[str, str] = {}
         for t in targets:
             out = out_dir / t.name
-            rec_path = stamp_dir / f"{t.name}.json"
+            out.parent.mkdir(exist_ok=True)
+            rec_path = stamp_dir / f"{t.name.replace('/', '--')}.json"
             stamp = _stamp(t, base, out_hashes)
             rec = _load_record(rec_path)
             if not force and _up_to_date(rec, stamp, out, base):
@@ -267,16 +283,26 @@ def build_corpus(manifest_path: Path, out_dir: Path, *, force: bool = False,
             started = time.monotonic()
             try:
                 result = wasmcc.build(
-                    t.kind, out, [base / s for s in t.sources],
-                    libs=[out_dir / lib for lib in t.libs], rpaths=t.rpath,
-                    cflags=t.cflags, ldflags=t.ldflags, debug=t.debug, cwd=base,
+                    t.kind,
+                    out,
+                    [base / s for s in t.sources],
+                    libs=[out_dir / lib for lib in t.libs],
+                    rpaths=t.rpath,
+                    cflags=t.cflags,
+                    ldflags=t.ldflags,
+                    debug=t.debug,
+                    cwd=base,
                 )
             except wasmcc.ToolchainError as exc:
                 raise CorpusError(f"target {t.name!r}: {exc}") from exc
             out_sha = wasmcc.sha256_file(out)
             inputs = {os.path.relpath(p, base): _file_sha(p) for p in result.inputs}
-            record = {"format": _STAMP_FORMAT, "stamp": stamp, "output": out_sha,
-                      "inputs": dict(sorted(inputs.items()))}
+            record = {
+                "format": _STAMP_FORMAT,
+                "stamp": stamp,
+                "output": out_sha,
+                "inputs": dict(sorted(inputs.items())),
+            }
             _write_atomic(rec_path, (json.dumps(record, indent=1) + "\n").encode())
             out_hashes[t.name] = out_sha
             say(f"built {t.name} ({time.monotonic() - started:.1f} s)")
@@ -285,11 +311,17 @@ def build_corpus(manifest_path: Path, out_dir: Path, *, force: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python toolchain/corpus.py MANIFEST OUT_DIR``."""
-    p = argparse.ArgumentParser(prog="corpus", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="corpus", description="Build the WebAssembly modules a TOML manifest lists."
+    )
     p.add_argument("manifest", type=Path, help="corpus manifest (TOML)")
     p.add_argument("out_dir", type=Path, help="where outputs and stamps go")
     p.add_argument("--force", action="store_true", help="rebuild everything")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each command run")
     args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="wasmcc: %(message)s"
+    )
     started = time.monotonic()
     try:
         build_corpus(args.manifest, args.out_dir, force=args.force, log=print)

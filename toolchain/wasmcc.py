@@ -160,9 +160,14 @@ def _clean_stderr(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def _run(argv: Sequence[str], what: str, *, cwd: Path | None = None,
-         env: dict[str, str] | None = None,
-         echo_stderr: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: Sequence[str],
+    what: str,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    echo_stderr: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """Run a toolchain command, turning failure into a ToolchainError.
 
     Warnings on success are passed on to our stderr (minus the harmless
@@ -172,8 +177,9 @@ def _run(argv: Sequence[str], what: str, *, cwd: Path | None = None,
     _check_zig_installed()
     log.debug("run: %s", shlex.join(argv))
     try:
-        proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False
+        )
     except OSError as exc:
         raise ToolchainError(f"{what}: cannot run {argv[0]}: {exc}") from exc
     err = _clean_stderr(proc.stderr)
@@ -222,15 +228,22 @@ def find_libc_archives() -> LibcArchives:
         src = Path(tmp, "probe.c")
         src.write_text("int wasmcc_probe(void) { return 0; }\n")
         env = dict(os.environ, ZIG_VERBOSE_LINK="1")
-        proc = _run(_zig("cc", *PIC_CFLAGS, "-shared", "-o", str(Path(tmp, "probe.so")),
-                         str(src)), "probing zig's wasi-libc", cwd=Path(tmp), env=env,
-                    echo_stderr=False)
+        proc = _run(
+            _zig("cc", *PIC_CFLAGS, "-shared", "-o", str(Path(tmp, "probe.so")), str(src)),
+            "probing zig's wasi-libc",
+            cwd=Path(tmp),
+            env=env,
+            echo_stderr=False,
+        )
     # On a cold cache zig also prints "ar rcs .../libc.a ..." lines; only
     # the wasm-ld line names the finished archives together with crt1.
     found: dict[str, Path] = {}
     for line in proc.stderr.splitlines():
-        words = shlex.split(line) if "wasm-ld" in line else []
-        if not words or not words[0].endswith("wasm-ld"):
+        if not line.startswith("wasm-ld "):
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:  # unbalanced quotes: not a command line
             continue
         for word in words:
             name = Path(word).name
@@ -239,11 +252,17 @@ def find_libc_archives() -> LibcArchives:
     missing = [n for n in _LIBC_ARCHIVE_NAMES if n not in found or not found[n].is_file()]
     if missing:
         raise ToolchainError(
-            "could not find zig's wasi-libc pieces " + ", ".join(missing)
-            + " in its verbose link output:\n" + proc.stderr.strip()
+            "could not find zig's wasi-libc pieces "
+            + ", ".join(missing)
+            + " in its verbose link output:\n"
+            + proc.stderr.strip()
         )
-    return LibcArchives(libc=found["libc.a"], libzigc=found["libzigc.a"],
-                        compiler_rt=found["libcompiler_rt.a"], crt1=found["crt1-command.o"])
+    return LibcArchives(
+        libc=found["libc.a"],
+        libzigc=found["libzigc.a"],
+        compiler_rt=found["libcompiler_rt.a"],
+        crt1=found["crt1-command.o"],
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -271,7 +290,7 @@ def _parse_depfile(text: str) -> list[str]:
             cur.append(text[i + 1])
             i += 2
             continue
-        if c == "$" and text[i + 1:i + 2] == "$":
+        if c == "$" and text[i + 1 : i + 2] == "$":
             cur.append("$")
             i += 2
             continue
@@ -310,8 +329,15 @@ def _check_files(paths: Iterable[Path], what: str) -> None:
             raise ToolchainError(f"{what} not found: {p}")
 
 
-def _compile(sources: Sequence[Path], obj_dir: Path, base_flags: Sequence[str], *,
-             cflags: Sequence[str], debug: bool, cwd: Path | None) -> tuple[list[Path], list[Path]]:
+def _compile(
+    sources: Sequence[Path],
+    obj_dir: Path,
+    base_flags: Sequence[str],
+    *,
+    cflags: Sequence[str],
+    debug: bool,
+    cwd: Path | None,
+) -> tuple[list[Path], list[Path]]:
     """Compile each C source to an object; return objects and inputs read.
 
     One zig invocation per source, each writing a depfile, so that callers
@@ -326,8 +352,19 @@ def _compile(sources: Sequence[Path], obj_dir: Path, base_flags: Sequence[str], 
     for i, src in enumerate(sources):
         obj = obj_dir / f"{i}-{src.stem}.o"
         dep = obj.with_suffix(".d")
-        argv = _zig("cc", *base_flags, "-g" if debug else "-g0", *cflags,
-                    "-MD", "-MF", str(dep), "-c", str(src), "-o", str(obj))
+        argv = _zig(
+            "cc",
+            *base_flags,
+            "-g" if debug else "-g0",
+            *cflags,
+            "-MD",
+            "-MF",
+            str(dep),
+            "-c",
+            str(src),
+            "-o",
+            str(obj),
+        )
         _run(argv, f"compiling {src}", cwd=run_dir)
         objects.append(obj)
         if dep.is_file():
@@ -385,8 +422,7 @@ def _rpath_args(rpaths: Sequence[str]) -> list[str]:
     return [f"--rpath={r}" for r in rpaths]
 
 
-def build_libc(out: Path | str, *, debug: bool = False,
-               ldflags: Sequence[str] = ()) -> BuildResult:
+def build_libc(out: Path | str, *, debug: bool = False, ldflags: Sequence[str] = ()) -> BuildResult:
     """Link zig's PIC wasi-libc archives into one shared ``libc.so``.
 
     ``--whole-archive`` so that every libc function is present (programs
@@ -397,17 +433,35 @@ def build_libc(out: Path | str, *, debug: bool = False,
     out = Path(out)
     arch = find_libc_archives()
     with _Staging(out) as st:
-        _wasm_ld(["-shared", "--experimental-pic", "--export-all",
-                  *([] if debug else ["--strip-debug"]), *ldflags,
-                  "--whole-archive", str(arch.libc), str(arch.libzigc), "--no-whole-archive",
-                  str(arch.compiler_rt)], st)
+        _wasm_ld(
+            [
+                "-shared",
+                "--experimental-pic",
+                "--export-all",
+                *([] if debug else ["--strip-debug"]),
+                *ldflags,
+                "--whole-archive",
+                str(arch.libc),
+                str(arch.libzigc),
+                "--no-whole-archive",
+                str(arch.compiler_rt),
+            ],
+            st,
+        )
     return BuildResult(out)
 
 
-def build_shared(out: Path | str, sources: Sequence[Path | str], *,
-                 libs: Sequence[Path | str] = (), rpaths: Sequence[str] = (),
-                 cflags: Sequence[str] = (), ldflags: Sequence[str] = (),
-                 debug: bool = False, cwd: Path | None = None) -> BuildResult:
+def build_shared(
+    out: Path | str,
+    sources: Sequence[Path | str],
+    *,
+    libs: Sequence[Path | str] = (),
+    rpaths: Sequence[str] = (),
+    cflags: Sequence[str] = (),
+    ldflags: Sequence[str] = (),
+    debug: bool = False,
+    cwd: Path | None = None,
+) -> BuildResult:
     """Build a shared library (``dylink.0`` with NEEDED = ``libs`` in order).
 
     libc.so is not added implicitly: callers list it in ``libs`` so that
@@ -417,15 +471,32 @@ def build_shared(out: Path | str, sources: Sequence[Path | str], *,
     out, srcs, lib_paths = Path(out), [Path(s) for s in sources], _lib_paths(libs)
     with _Staging(out) as st:
         objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(["-shared", "--experimental-pic", *([] if debug else ["--strip-debug"]),
-                  *_rpath_args(rpaths), *ldflags, *map(str, objs), *map(str, lib_paths)], st)
+        _wasm_ld(
+            [
+                "-shared",
+                "--experimental-pic",
+                *([] if debug else ["--strip-debug"]),
+                *_rpath_args(rpaths),
+                *ldflags,
+                *map(str, objs),
+                *map(str, lib_paths),
+            ],
+            st,
+        )
     return BuildResult(out, tuple(inputs))
 
 
-def build_pie(out: Path | str, sources: Sequence[Path | str], *,
-              libs: Sequence[Path | str] = (), rpaths: Sequence[str] = (),
-              cflags: Sequence[str] = (), ldflags: Sequence[str] = (),
-              debug: bool = False, cwd: Path | None = None) -> BuildResult:
+def build_pie(
+    out: Path | str,
+    sources: Sequence[Path | str],
+    *,
+    libs: Sequence[Path | str] = (),
+    rpaths: Sequence[str] = (),
+    cflags: Sequence[str] = (),
+    ldflags: Sequence[str] = (),
+    debug: bool = False,
+    cwd: Path | None = None,
+) -> BuildResult:
     """Build a position-independent main program.
 
     It imports memory, table, stack pointer and its memory/table bases, so
@@ -437,17 +508,35 @@ def build_pie(out: Path | str, sources: Sequence[Path | str], *,
     arch = find_libc_archives()
     with _Staging(out) as st:
         objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(["-pie", "--experimental-pic", "--import-memory",
-                  "--export-if-defined=__main_argc_argv",
-                  *([] if debug else ["--strip-debug"]), *_rpath_args(rpaths), *ldflags,
-                  str(arch.crt1), *map(str, objs), *map(str, lib_paths)], st)
+        _wasm_ld(
+            [
+                "-pie",
+                "--experimental-pic",
+                "--import-memory",
+                "--export-if-defined=__main_argc_argv",
+                *([] if debug else ["--strip-debug"]),
+                *_rpath_args(rpaths),
+                *ldflags,
+                str(arch.crt1),
+                *map(str, objs),
+                *map(str, lib_paths),
+            ],
+            st,
+        )
     return BuildResult(out, tuple(inputs))
 
 
-def build_nopie(out: Path | str, sources: Sequence[Path | str], *,
-                libs: Sequence[Path | str] = (), rpaths: Sequence[str] = (),
-                cflags: Sequence[str] = (), ldflags: Sequence[str] = (),
-                debug: bool = False, cwd: Path | None = None) -> BuildResult:
+def build_nopie(
+    out: Path | str,
+    sources: Sequence[Path | str],
+    *,
+    libs: Sequence[Path | str] = (),
+    rpaths: Sequence[str] = (),
+    cflags: Sequence[str] = (),
+    ldflags: Sequence[str] = (),
+    debug: bool = False,
+    cwd: Path | None = None,
+) -> BuildResult:
     """Build a main program at fixed addresses that still uses shared libraries.
 
     It defines and exports its own memory, table and stack (see
@@ -459,10 +548,21 @@ def build_nopie(out: Path | str, sources: Sequence[Path | str], *,
     arch = find_libc_archives()
     with _Staging(out) as st:
         objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(["-Bdynamic", "--experimental-pic", *NOPIE_EXPORTS,
-                  "--export-if-defined=__main_argc_argv",
-                  *([] if debug else ["--strip-debug"]), *_rpath_args(rpaths), *ldflags,
-                  str(arch.crt1), *map(str, objs), *map(str, lib_paths)], st)
+        _wasm_ld(
+            [
+                "-Bdynamic",
+                "--experimental-pic",
+                *NOPIE_EXPORTS,
+                "--export-if-defined=__main_argc_argv",
+                *([] if debug else ["--strip-debug"]),
+                *_rpath_args(rpaths),
+                *ldflags,
+                str(arch.crt1),
+                *map(str, objs),
+                *map(str, lib_paths),
+            ],
+            st,
+        )
     return BuildResult(out, tuple(inputs))
 
 
@@ -501,7 +601,7 @@ def strip_debug_sections(path: Path) -> None:
         end = body + size
         if section_id == 0:
             name_len, name_pos = _read_leb_u32(data, body)
-            name = data[name_pos:name_pos + name_len]
+            name = data[name_pos : name_pos + name_len]
             if name.startswith(b".debug_"):
                 pos = end
                 continue
@@ -510,9 +610,15 @@ def strip_debug_sections(path: Path) -> None:
     path.write_bytes(b"".join(kept))
 
 
-def build_static(out: Path | str, sources: Sequence[Path | str], *,
-                 cflags: Sequence[str] = (), ldflags: Sequence[str] = (),
-                 debug: bool = False, cwd: Path | None = None) -> BuildResult:
+def build_static(
+    out: Path | str,
+    sources: Sequence[Path | str],
+    *,
+    cflags: Sequence[str] = (),
+    ldflags: Sequence[str] = (),
+    debug: bool = False,
+    cwd: Path | None = None,
+) -> BuildResult:
     """Build an ordinary, statically linked WASI program.
 
     This is the reference the dynamically linked builds are compared with,
@@ -524,19 +630,37 @@ def build_static(out: Path | str, sources: Sequence[Path | str], *,
     out, srcs = Path(out), [Path(s) for s in sources]
     with _Staging(out) as st:
         objs, inputs = _compile(srcs, st.dir, STATIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _run(_zig("cc", *STATIC_CFLAGS, "-g" if debug else "-g0",
-                  *(f"-Wl,{f}" for f in ldflags), "-o", str(st.staged), *map(str, objs)),
-             f"linking {out.name}", cwd=cwd)
+        _run(
+            _zig(
+                "cc",
+                *STATIC_CFLAGS,
+                "-g" if debug else "-g0",
+                *(f"-Wl,{f}" for f in ldflags),
+                "-o",
+                str(st.staged),
+                *map(str, objs),
+            ),
+            f"linking {out.name}",
+            cwd=cwd,
+        )
         if not debug:
             strip_debug_sections(st.staged)
         st.publish()
     return BuildResult(out, tuple(inputs))
 
 
-def build(kind: str, out: Path | str, sources: Sequence[Path | str] = (), *,
-          libs: Sequence[Path | str] = (), rpaths: Sequence[str] = (),
-          cflags: Sequence[str] = (), ldflags: Sequence[str] = (),
-          debug: bool = False, cwd: Path | None = None) -> BuildResult:
+def build(
+    kind: str,
+    out: Path | str,
+    sources: Sequence[Path | str] = (),
+    *,
+    libs: Sequence[Path | str] = (),
+    rpaths: Sequence[str] = (),
+    cflags: Sequence[str] = (),
+    ldflags: Sequence[str] = (),
+    debug: bool = False,
+    cwd: Path | None = None,
+) -> BuildResult:
     """Build one output of the given kind; one entry point for corpus.py.
 
     Rejects options that make no sense for the kind (sources for libc,
@@ -555,8 +679,9 @@ def build(kind: str, out: Path | str, sources: Sequence[Path | str] = (), *,
             raise ToolchainError("kind 'static' takes no libs or rpath")
         return build_static(out, sources, cflags=cflags, ldflags=ldflags, debug=debug, cwd=cwd)
     fn = {"shared": build_shared, "pie": build_pie, "nopie": build_nopie}[kind]
-    return fn(out, sources, libs=libs, rpaths=rpaths, cflags=cflags, ldflags=ldflags,
-              debug=debug, cwd=cwd)
+    return fn(
+        out, sources, libs=libs, rpaths=rpaths, cflags=cflags, ldflags=ldflags, debug=debug, cwd=cwd
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -582,13 +707,23 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("sources", nargs="+", type=Path, metavar="SRC.c")
             sp.add_argument("--cflag", action="append", default=[], help="extra compiler flag")
         if kind not in ("libc", "static"):
-            sp.add_argument("--lib", action="append", default=[], type=Path,
-                            help="shared library to link (repeat; order = NEEDED order)")
-            sp.add_argument("--rpath", action="append", default=[],
-                            help="RUNTIME_PATH entry for dylink.0 (repeat)")
+            sp.add_argument(
+                "--lib",
+                action="append",
+                default=[],
+                type=Path,
+                help="shared library to link (repeat; order = NEEDED order)",
+            )
+            sp.add_argument(
+                "--rpath",
+                action="append",
+                default=[],
+                help="RUNTIME_PATH entry for dylink.0 (repeat)",
+            )
         sp.add_argument("--ldflag", action="append", default=[], help="extra linker flag")
-        sp.add_argument("-g", "--debug", action="store_true",
-                        help="keep debug info (default: stripped)")
+        sp.add_argument(
+            "-g", "--debug", action="store_true", help="keep debug info (default: stripped)"
+        )
     return p
 
 
@@ -615,12 +750,20 @@ def _attach_flag_values(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     args = _parser().parse_args(_attach_flag_values(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="wasmcc: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="wasmcc: %(message)s"
+    )
     try:
-        build(args.kind, args.output, getattr(args, "sources", ()),
-              libs=getattr(args, "lib", ()), rpaths=getattr(args, "rpath", ()),
-              cflags=getattr(args, "cflag", ()), ldflags=args.ldflag, debug=args.debug)
+        build(
+            args.kind,
+            args.output,
+            getattr(args, "sources", ()),
+            libs=getattr(args, "lib", ()),
+            rpaths=getattr(args, "rpath", ()),
+            cflags=getattr(args, "cflag", ()),
+            ldflags=args.ldflag,
+            debug=args.debug,
+        )
     except ToolchainError as exc:
         print(f"wasmcc: error: {exc}", file=sys.stderr)
         return 1
