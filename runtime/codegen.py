@@ -108,18 +108,33 @@ def plt_module(stubs: Sequence[FuncType]) -> bytes:
     )
 
 
-def wasi_shim_module(functions: Sequence[tuple[str, FuncType]]) -> bytes:
-    """A module importing ``env.memory`` and the given WASI preview1
-    functions, exporting ``memory`` and one wrapper per function (same name)."""
+def limits(minimum: int, maximum: int | None) -> bytes:
+    if maximum is None:
+        return b"\x00" + uleb(minimum)
+    return b"\x01" + uleb(minimum) + uleb(maximum)
+
+
+def wasi_shim_module(
+    functions: Sequence[tuple[str, FuncType]], memory: tuple[int, int | None] | None = None
+) -> bytes:
+    """A module exporting ``memory`` and one wrapper per WASI preview1
+    function (same name).
+
+    With ``memory`` (min, max pages) the shim *defines* the program's memory,
+    so a run instantiates it with one ``Linker.instantiate`` call that binds
+    every WASI import natively; without, it imports ``env.memory`` (for a
+    non-PIE main, which defines memory itself).
+    """
     types = _Types()
     type_ids = [types.get(ft) for _, ft in functions]
-    imports = [name("env") + name("memory") + b"\x02\x00\x00"]
+    imports = [] if memory else [name("env") + name("memory") + b"\x02\x00\x00"]
     imports += [
         name("wasi_snapshot_preview1") + name(fn) + b"\x00" + uleb(t)
         for (fn, _), t in zip(functions, type_ids, strict=True)
     ]
     n = len(functions)
     funcs = section(3, vec([uleb(t) for t in type_ids]))
+    mem = section(5, vec([limits(*memory)])) if memory else b""
     exports = [name("memory") + b"\x02\x00"]
     exports += [name(fn) + b"\x00" + uleb(n + i) for i, (fn, _) in enumerate(functions)]
     bodies = [_forward_body(ft, b"\x10" + uleb(i)) for i, (_, ft) in enumerate(functions)]
@@ -128,6 +143,7 @@ def wasi_shim_module(functions: Sequence[tuple[str, FuncType]]) -> bytes:
         + types.section()
         + section(2, vec(imports))
         + funcs
+        + mem
         + section(7, vec(exports))
         + section(10, vec(bodies))
     )

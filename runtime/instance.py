@@ -70,21 +70,35 @@ def get_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str):
 
 
 class GeneratedModules:
-    """Compiled PLT and WASI-shim modules, by their bytes (shared by runs)."""
+    """Compiled PLT and WASI-shim modules, by their shape (shared by runs).
+
+    Keyed by the inputs of the generator, so a warm run neither re-encodes
+    nor recompiles them.
+    """
 
     def __init__(self, engine: wasmtime.Engine) -> None:
         self.engine = engine
-        self._modules: dict[bytes, wasmtime.Module] = {}
+        self._modules: dict[tuple, wasmtime.Module] = {}
         self._lock = threading.Lock()
 
-    def get(self, data: bytes) -> wasmtime.Module:
+    def _get(self, key: tuple, make) -> wasmtime.Module:
         with self._lock:
-            mod = self._modules.get(data)
+            mod = self._modules.get(key)
         if mod is None:
-            mod = wasmtime.Module(self.engine, data)
+            mod = wasmtime.Module(self.engine, make())
             with self._lock:
-                self._modules[data] = mod
+                self._modules[key] = mod
         return mod
+
+    def plt(self, stubs: tuple[FuncType, ...]) -> wasmtime.Module:
+        return self._get(("plt", stubs), lambda: codegen.plt_module(stubs))
+
+    def shim(
+        self, functions: tuple[tuple[str, FuncType], ...], memory: tuple[int, int | None] | None
+    ) -> wasmtime.Module:
+        return self._get(
+            ("shim", functions, memory), lambda: codegen.wasi_shim_module(functions, memory)
+        )
 
 
 def _trap_reason(text: str) -> str:
@@ -148,10 +162,16 @@ class InstanceSet:
         self.memory: wasmtime.Memory | None = None
         self.table: wasmtime.Table | None = None
         if not plan.nonpie:
-            self.memory = wasmtime.Memory(
-                store,
-                wasmtime.MemoryType(wasmtime.Limits(plan.memory_pages, plan.memory_max_pages)),
-            )
+            mem_limits = (plan.memory_pages, plan.memory_max_pages)
+            if plan.wasi:
+                # The shim defines the memory; the linker binds WASI natively.
+                shim_mod = self._generated.shim(tuple(plan.wasi), mem_limits)
+                self.shim = self._wasi_linker.instantiate(store, shim_mod)
+                self.memory = get_export(store, self.shim, "memory")
+            else:
+                self.memory = wasmtime.Memory(
+                    store, wasmtime.MemoryType(wasmtime.Limits(*mem_limits))
+                )
             self.table = wasmtime.Table(
                 store,
                 wasmtime.TableType(
@@ -174,14 +194,14 @@ class InstanceSet:
         self.plt_table = None
         self.plt_funcs: list = []
         if plan.plt:
-            plt_mod = self._generated.get(codegen.plt_module([s.type for s in plan.plt]))
+            plt_mod = self._generated.plt(tuple(s.type for s in plan.plt))
             plt = wasmtime.Instance(store, plt_mod, [])
             self.plt_table = get_export(store, plt, "table")
             self.plt_funcs = [get_export(store, plt, str(i)) for i in range(len(plan.plt))]
         if plan.nonpie:
             self._instantiate(plan.root)  # it defines the memory everyone shares
-        if plan.wasi:
-            shim_mod = self._generated.get(codegen.wasi_shim_module(plan.wasi))
+        if plan.wasi and self.shim is None:
+            shim_mod = self._generated.shim(tuple(plan.wasi), None)
             wasi_funcs = [
                 self._wasi_linker.get(store, "wasi_snapshot_preview1", name)
                 for name, _ in plan.wasi
