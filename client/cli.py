@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -133,9 +134,18 @@ def _error(message: str) -> None:
     print(f"wasmrun: {message}", file=sys.stderr)
 
 
+def _default_signals() -> None:
+    """Ctrl-C and a closed pipe end the run at once, as for a native program:
+    while the guest runs inside wasmtime, Python's own handlers would only
+    fire after it returns."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from wasmrun.runtime import GuestTrap, LinkOptions, LoadError, Runtime
 
+    _default_signals()
     env = {}
     for name, value in ns.env:
         if value is None:

@@ -119,3 +119,33 @@ def test_cli_usage_errors(cli):
     assert "Traceback" not in p.stderr
     p = cli("run", "--dir", "::x", "prog.wasm")
     assert p.returncode == 2 and "invalid --dir" in p.stderr
+
+
+def test_ctrl_c_stops_a_guest_stuck_in_a_loop(corpus: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "WASMRUN_LIBRARY_PATH"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wasmrun.client.cli",
+            "run",
+            "-L",
+            str(corpus),
+            str(corpus / "spin.wasm"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout.readline() == b"spinning\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == -signal.SIGINT
+    finally:
+        proc.kill()
+        proc.wait()

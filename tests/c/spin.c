@@ -1,0 +1,8 @@
+/* Never returns: for interruption, timeouts and cancellation. */
+#include <stdio.h>
+int main(void) {
+    printf("spinning\n");
+    fflush(stdout);
+    volatile unsigned long n = 0;
+    for (;;) n++;
+}
