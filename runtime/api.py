@@ -23,7 +23,7 @@ import wasmtime
 
 from .cache import ModuleCache
 from .errors import LoadError
-from .instance import GeneratedModules, InstanceSet
+from .instance import GeneratedModules, InstanceSet, make_host_linker
 from .plan import LinkOptions, LinkPlan, Planner
 from .search import SearchPath
 
@@ -93,8 +93,7 @@ class Runtime:
         self.engine = engine or make_engine()
         self.cache = ModuleCache(self.engine)
         self.generated = GeneratedModules(self.engine)
-        self.wasi_linker = wasmtime.Linker(self.engine)
-        self.wasi_linker.define_wasi()
+        self.host_linker = make_host_linker(self.engine)
         self.search = SearchPath.create(
             library_path, dict(environ) if environ is not None else None, default_library_path
         )
@@ -108,7 +107,7 @@ class Runtime:
         for pm in plan.modules:
             pm.image.module()  # compile (or fetch compiled) before timing the run
         iset = InstanceSet(
-            plan, self.engine, self.wasi_linker, self.generated, (wasi or WasiOptions()).config()
+            plan, self.engine, self.host_linker, self.generated, (wasi or WasiOptions()).config()
         )
         iset.initialize()
         return iset

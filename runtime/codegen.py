@@ -147,3 +147,105 @@ def wasi_shim_module(
         + section(7, vec(exports))
         + section(10, vec(bodies))
     )
+
+
+def _global_entry(mutable: bool, value: int) -> bytes:
+    v = value - (1 << 32) if value & 0x80000000 else value
+    return b"\x7f" + (b"\x01" if mutable else b"\x00") + b"\x41" + sleb(v) + b"\x0b"
+
+
+def core_module(
+    globals_: Sequence[tuple[bool, int]],
+    tags: Sequence[FuncType],
+    table: int | None,
+    memory: tuple[int, int | None] | None,
+) -> bytes:
+    """The per-plan module holding a run's shared state, created in one
+    instantiation instead of one host call per object.
+
+    Exports ``g0``..``gN`` (i32 globals with their planned initial values:
+    stack pointer, per-module bases, GOT entries), ``t0``.. (exception tags),
+    and optionally ``table`` (funcref, ``table`` slots, growable) and
+    ``memory``.
+    """
+    types = _Types()
+    tag_types = [types.get(ft) for ft in tags]
+    out = HEADER + (types.section() if tags else b"")
+    exports: list[bytes] = []
+    if table is not None:
+        out += section(4, vec([b"\x70" + limits(table, None)]))
+        exports.append(name("table") + b"\x01\x00")
+    if memory is not None:
+        out += section(5, vec([limits(*memory)]))
+        exports.append(name("memory") + b"\x02\x00")
+    if tags:
+        out += section(13, vec([b"\x00" + uleb(t) for t in tag_types]))
+        exports += [name(f"t{i}") + b"\x04" + uleb(i) for i in range(len(tags))]
+    if globals_:
+        out += section(6, vec([_global_entry(m, v) for m, v in globals_]))
+        exports += [name(f"g{i}") + b"\x03" + uleb(i) for i in range(len(globals_))]
+    return out + section(7, vec(exports))
+
+
+def stubs_module(stubs: Sequence[tuple[FuncType, str]]) -> bytes:
+    """Functions that trap with a message: stand-ins for missing symbols.
+
+    Stub *i* (exported as ``i``) calls the host function ``wasmrun.trap``
+    with the offset and length of its message, kept in the module's own
+    exported memory ``msgs``; the host raises a trap carrying that text.
+    """
+    types = _Types()
+    trap_type = types.get(FuncType((b"\x7f", b"\x7f"), ()))
+    stub_types = [types.get(ft) for ft, _ in stubs]
+    blob = bytearray()
+    bodies = []
+    for _, message in stubs:
+        raw = message.encode("utf-8")
+        off = len(blob)
+        blob += raw
+        code = b"\x41" + sleb(off) + b"\x41" + sleb(len(raw)) + b"\x10\x00" + b"\x00\x0b"
+        body = b"\x00" + code
+        bodies.append(uleb(len(body)) + body)
+    pages = max(1, -(-len(blob) // 65536))
+    imports = section(2, vec([name("wasmrun") + name("trap") + b"\x00" + uleb(trap_type)]))
+    funcs = section(3, vec([uleb(t) for t in stub_types]))
+    mem = section(5, vec([limits(pages, pages)]))
+    exports = [name("msgs") + b"\x02\x00"]
+    exports += [name(str(i)) + b"\x00" + uleb(i + 1) for i in range(len(stubs))]
+    data = section(11, vec([b"\x00\x41\x00\x0b" + uleb(len(blob)) + bytes(blob)]))
+    return (
+        HEADER
+        + types.section()
+        + imports
+        + funcs
+        + mem
+        + section(7, vec(exports))
+        + section(10, vec(bodies))
+        + data
+    )
+
+
+def filler_module(
+    tables: int, functions: Sequence[FuncType], fills: Sequence[tuple[int, int, int]]
+) -> bytes:
+    """A module whose instantiation writes function references into tables.
+
+    It imports ``tables`` funcref tables (``t``.``0``..) and the given
+    functions (``f``.``0``..); each fill ``(table, slot, function)`` becomes
+    an active element segment. This replaces one host ``Table.set`` per
+    GOT.func or PLT slot with one instantiation.
+    """
+    types = _Types()
+    type_ids = [types.get(ft) for ft in functions]
+    imports = [name("t") + name(str(i)) + b"\x01\x70\x00\x00" for i in range(tables)]
+    imports += [name("f") + name(str(i)) + b"\x00" + uleb(t) for i, t in enumerate(type_ids)]
+    segs = [
+        b"\x02" + uleb(table) + b"\x41" + sleb(slot) + b"\x0b" + b"\x00" + vec([uleb(func)])
+        for table, slot, func in fills
+    ]
+    return (
+        HEADER
+        + (types.section() if functions else b"")
+        + section(2, vec(imports))
+        + section(9, vec(segs))
+    )

@@ -13,26 +13,17 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime._extern import wrap_extern
+from wasmtime._func import enter_wasm
 
 from . import codegen
 from .errors import GuestTrap, LoadError, SymbolError
-from .plan import (
-    B_DIRECT,
-    B_EXPORT,
-    B_GLOBAL,
-    B_MEMORY,
-    B_PLT,
-    B_TABLE,
-    B_TAG,
-    B_TRAP,
-    B_WASI,
-    LinkPlan,
-)
+from .plan import LinkPlan
+from .recipe import MODULE0, SRC_CORE, SRC_HOST_WASI, SRC_PLT, SRC_SHIM, SRC_STUBS, recipe_for
 from .wasmbin import FuncType
 
 _VALTYPES = {
@@ -70,18 +61,16 @@ def get_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str):
 
 
 class GeneratedModules:
-    """Compiled PLT and WASI-shim modules, by their shape (shared by runs).
-
-    Keyed by the inputs of the generator, so a warm run neither re-encodes
-    nor recompiles them.
-    """
+    """Compiled generated modules (PLT, shim, core, stubs, filler), keyed by
+    the generator's inputs, so a warm run neither re-encodes nor recompiles
+    them. Shared by runs and threads."""
 
     def __init__(self, engine: wasmtime.Engine) -> None:
         self.engine = engine
         self._modules: dict[tuple, wasmtime.Module] = {}
         self._lock = threading.Lock()
 
-    def _get(self, key: tuple, make) -> wasmtime.Module:
+    def get(self, key: tuple, make: Callable[[], bytes]) -> wasmtime.Module:
         with self._lock:
             mod = self._modules.get(key)
         if mod is None:
@@ -90,15 +79,63 @@ class GeneratedModules:
                 self._modules[key] = mod
         return mod
 
-    def plt(self, stubs: tuple[FuncType, ...]) -> wasmtime.Module:
-        return self._get(("plt", stubs), lambda: codegen.plt_module(stubs))
+    def __len__(self) -> int:
+        return len(self._modules)
 
-    def shim(
-        self, functions: tuple[tuple[str, FuncType], ...], memory: tuple[int, int | None] | None
-    ) -> wasmtime.Module:
-        return self._get(
-            ("shim", functions, memory), lambda: codegen.wasi_shim_module(functions, memory)
+
+def _trap_host(caller: wasmtime.Caller, offset: int, length: int) -> None:
+    """``wasmrun.trap``: raise a trap whose text lives in the stub module."""
+    mem = caller.get("msgs")
+    text = "trap"
+    if isinstance(mem, wasmtime.Memory):
+        raw = mem.read(caller, offset, offset + length)
+        text = bytes(raw).decode("utf-8", "replace")
+    raise wasmtime.Trap(text)
+
+
+def make_host_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """The store-independent host functions every run shares: WASI preview 1
+    and ``wasmrun.trap``."""
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.define_func(
+        "wasmrun",
+        "trap",
+        wasmtime.FuncType([wasmtime.ValType.i32(), wasmtime.ValType.i32()], []),
+        _trap_host,
+        access_caller=True,
+    )
+    return linker
+
+
+_EXTERN_SIZE = ctypes.sizeof(ffi.wasmtime_extern_t)
+# Our own handle on wasmtime_instance_export_nth taking plain addresses, so an
+# import array can be filled in place (dll[...] returns a fresh function
+# object; wasmtime-py's own binding is left untouched).
+_export_nth = ffi.dll["wasmtime_instance_export_nth"]
+_export_nth.restype = ctypes.c_bool
+_export_nth.argtypes = [
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.POINTER(ffi.wasmtime_instance_t),
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+]
+
+
+def _new_instance(
+    store: wasmtime.Store, module: wasmtime.Module, externs: ctypes.Array, n: int
+) -> wasmtime.Instance:
+    """``wasmtime_instance_new`` on an import array we filled in place."""
+    instance = ffi.wasmtime_instance_t()
+    with enter_wasm(store) as trap:
+        error = ffi.wasmtime_instance_new(
+            store._context(), module.ptr(), externs, n, ctypes.byref(instance), trap
         )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+    return wasmtime.Instance._from_raw(instance)
 
 
 def _trap_reason(text: str) -> str:
@@ -136,128 +173,140 @@ class InstanceSet:
         self,
         plan: LinkPlan,
         engine: wasmtime.Engine,
-        wasi_linker: wasmtime.Linker,
+        host_linker: wasmtime.Linker,
         generated: GeneratedModules,
         wasi: wasmtime.WasiConfig,
         store: wasmtime.Store | None = None,
     ) -> None:
         self.plan = plan
+        self.recipe = recipe_for(plan)
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.store = store if store is not None else wasmtime.Store(engine)
         self.store.set_wasi(wasi)
         self.instances: list[wasmtime.Instance | None] = [None] * len(plan.modules)
-        self.shim: wasmtime.Instance | None = None
         self._engine = engine
-        self._wasi_linker = wasi_linker
+        self._host = host_linker
         self._generated = generated
+        self._sources: list[wasmtime.Instance | None] = [None] * MODULE0
         self._build()
         self.timings["instantiate"] = time.perf_counter() - t0
 
     # -- construction ---------------------------------------------------------
 
     def _build(self) -> None:
-        plan, store = self.plan, self.store
-        i32 = wasmtime.ValType.i32()
-        self.memory: wasmtime.Memory | None = None
-        self.table: wasmtime.Table | None = None
-        if not plan.nonpie:
-            mem_limits = (plan.memory_pages, plan.memory_max_pages)
-            if plan.wasi:
-                # The shim defines the memory; the linker binds WASI natively.
-                shim_mod = self._generated.shim(tuple(plan.wasi), mem_limits)
-                self.shim = self._wasi_linker.instantiate(store, shim_mod)
-                self.memory = get_export(store, self.shim, "memory")
-            else:
-                self.memory = wasmtime.Memory(
-                    store, wasmtime.MemoryType(wasmtime.Limits(*mem_limits))
-                )
-            self.table = wasmtime.Table(
-                store,
-                wasmtime.TableType(
-                    wasmtime.ValType.funcref(), wasmtime.Limits(plan.table_size, None)
-                ),
-                None,
-            )
-        gtypes = {
-            True: wasmtime.GlobalType(i32, True),
-            False: wasmtime.GlobalType(i32, False),
-        }
-        self.globals = [
-            wasmtime.Global(store, gtypes[g.mutable], wasmtime.Val.i32(_signed(g.value)))
-            for g in plan.globals
-        ]
-        self.tags = [
-            wasmtime.Tag(store, wasmtime.TagType(to_wasmtime_functype(ft))) for _, ft in plan.tags
-        ]
-        self.traps = [self._trap_func(t.type, t.message) for t in plan.traps]
-        self.plt_table = None
-        self.plt_funcs: list = []
-        if plan.plt:
-            plt_mod = self._generated.plt(tuple(s.type for s in plan.plt))
-            plt = wasmtime.Instance(store, plt_mod, [])
-            self.plt_table = get_export(store, plt, "table")
-            self.plt_funcs = [get_export(store, plt, str(i)) for i in range(len(plan.plt))]
+        plan, store, r, gen = self.plan, self.store, self.recipe, self._generated
+        src = self._sources
+        core = gen.get(
+            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory),
+            lambda: codegen.core_module(r.core_globals, r.core_tags, r.core_table, r.core_memory),
+        )
+        src[SRC_CORE] = wasmtime.Instance(store, core, [])
+        if r.plt_types:
+            plt = gen.get(("plt", r.plt_types), lambda: codegen.plt_module(r.plt_types))
+            src[SRC_PLT] = wasmtime.Instance(store, plt, [])
+        if r.stubs:
+            stubs = gen.get(("stubs", r.stubs), lambda: codegen.stubs_module(r.stubs))
+            src[SRC_STUBS] = self._host.instantiate(store, stubs)
         if plan.nonpie:
             self._instantiate(plan.root)  # it defines the memory everyone shares
-        if plan.wasi and self.shim is None:
-            shim_mod = self._generated.shim(tuple(plan.wasi), None)
-            wasi_funcs = [
-                self._wasi_linker.get(store, "wasi_snapshot_preview1", name)
-                for name, _ in plan.wasi
-            ]
-            self.shim = wasmtime.Instance(store, shim_mod, [self.memory, *wasi_funcs])
+        if r.wasi:
+            shim = gen.get(
+                ("shim", r.wasi, r.shim_memory),
+                lambda: codegen.wasi_shim_module(r.wasi, r.shim_memory),
+            )
+            if r.shim_memory is not None:
+                # The shim defines the memory; the host linker binds WASI natively.
+                src[SRC_SHIM] = self._host.instantiate(store, shim)
+            else:
+                linker = wasmtime.Linker(self._engine)
+                linker.define_wasi()
+                linker.define(store, "env", "memory", self.memory)
+                src[SRC_SHIM] = linker.instantiate(store, shim)
         for mi in plan.inst_order:
             if self.instances[mi] is None:
                 self._instantiate(mi)
-        self._fill_tables()
-        for g_index, g in enumerate(plan.globals):
-            if g.late is not None:
-                owner, name = g.late
-                glob = get_export(store, self.instances[owner], name)
-                base = plan.modules[owner].memory_base
-                self.globals[g_index].set_value(
-                    store, wasmtime.Val.i32(_signed(glob.value(store) + base))
-                )
+        if r.filler_tables:
+            self._fill_tables()
+        for gi, owner, name, base in r.late_globals:
+            glob = get_export(store, self.instances[owner], name)
+            core_g = get_export(store, src[SRC_CORE], f"g{gi}")
+            core_g.set_value(store, wasmtime.Val.i32(_signed(glob.value(store) + base)))
 
-    def _trap_func(self, ft: FuncType, message: str) -> wasmtime.Func:
-        def trap(*_args):
-            raise wasmtime.Trap(message)
+    @property
+    def memory(self) -> wasmtime.Memory:
+        """The program's linear memory."""
+        return self._extern_at(self._memory_source())  # type: ignore[return-value]
 
-        return wasmtime.Func(self.store, to_wasmtime_functype(ft), trap)
+    @property
+    def table(self) -> wasmtime.Table:
+        """The indirect function table."""
+        if self.plan.nonpie:
+            return get_export(
+                self.store, self.instances[self.plan.root], "__indirect_function_table"
+            )
+        return self._extern_at((SRC_CORE, self.recipe.core_positions["table"]))  # type: ignore
+
+    def _memory_source(self) -> tuple[int, int]:
+        if self.plan.nonpie:
+            pos = self.plan.root_module.image.info.exports["memory"].position
+            return (MODULE0 + self.plan.root, pos)
+        if self.recipe.wasi:
+            return (SRC_SHIM, 0)
+        return (SRC_CORE, self.recipe.core_positions["memory"])
+
+    def _extern_at(self, source: tuple[int, int]):
+        inst = self._source(source[0])
+        item = ffi.wasmtime_extern_t()
+        name_ptr = ctypes.POINTER(ctypes.c_char)()
+        name_len = ctypes.c_size_t(0)
+        ok = ffi.wasmtime_instance_export_nth(
+            self.store._context(),
+            ctypes.byref(inst._instance),
+            source[1],
+            ctypes.byref(name_ptr),
+            ctypes.byref(name_len),
+            ctypes.byref(item),
+        )
+        return wrap_extern(item) if ok else None
+
+    def _source(self, slot: int) -> wasmtime.Instance:
+        inst = self._sources[slot] if slot < MODULE0 else self.instances[slot - MODULE0]
+        assert inst is not None, f"source {slot} used before it exists"
+        return inst
+
+    def _fill_array(self, sources: Sequence[tuple[int, int | str]]) -> ctypes.Array:
+        """One ``export_nth`` per import, written straight into the array
+        wasmtime reads: no Python object per import."""
+        n = len(sources)
+        arr = (ffi.wasmtime_extern_t * n)()
+        ctx = self.store._context()
+        name_ptr = ctypes.c_void_p()
+        name_len = ctypes.c_size_t(0)
+        np_addr, nl_addr = ctypes.addressof(name_ptr), ctypes.addressof(name_len)
+        base = ctypes.addressof(arr)
+        export_nth = _export_nth
+        refs: dict[int, object] = {}
+        for k, (slot, pos) in enumerate(sources):
+            if slot == SRC_HOST_WASI:
+                func = self._host.get(self.store, "wasi_snapshot_preview1", pos)  # type: ignore
+                arr[k] = func._as_extern()
+                continue
+            ref = refs.get(slot)
+            if ref is None:
+                ref = refs[slot] = ctypes.byref(self._source(slot)._instance)
+            if not export_nth(ctx, ref, pos, np_addr, nl_addr, base + k * _EXTERN_SIZE):
+                raise LoadError(f"internal error: export {pos} of source {slot} is missing")
+        return arr
 
     def _instantiate(self, mi: int) -> None:
         plan, store = self.plan, self.store
         pm = plan.modules[mi]
-        externs = []
-        for kind, arg in pm.binds:
-            if kind == B_DIRECT:
-                owner, name = arg  # type: ignore[misc]
-                externs.append(get_export(store, self.instances[owner], name))
-            elif kind == B_GLOBAL:
-                externs.append(self.globals[arg])  # type: ignore[index]
-            elif kind == B_WASI:
-                if self.shim is None:
-                    # A main that exports its own memory calls WASI directly.
-                    externs.append(self._wasi_linker.get(store, "wasi_snapshot_preview1", arg))
-                else:
-                    externs.append(get_export(store, self.shim, arg))  # type: ignore[arg-type]
-            elif kind == B_PLT:
-                externs.append(self.plt_funcs[arg])  # type: ignore[index]
-            elif kind == B_MEMORY:
-                externs.append(self.memory)
-            elif kind == B_TABLE:
-                externs.append(self.table)
-            elif kind == B_TRAP:
-                externs.append(self.traps[arg])  # type: ignore[index]
-            elif kind == B_TAG:
-                externs.append(self.tags[arg])  # type: ignore[index]
-            elif kind == B_EXPORT:
-                owner, name = arg  # type: ignore[misc]
-                externs.append(get_export(store, self.instances[owner], name))
+        sources = self.recipe.imports[mi]
+        arr = self._fill_array(sources)
         module = pm.image.module()
         try:
-            inst = wasmtime.Instance(store, module, externs)
+            inst = _new_instance(store, module, arr, len(sources))
         except wasmtime.Trap as e:
             raise format_trap(e) from None
         except wasmtime.WasmtimeError as e:
@@ -271,24 +320,24 @@ class InstanceSet:
         """A non-PIE main defines memory and table: grow them to fit the
         libraries laid out after it."""
         plan, store = self.plan, self.store
-        self.memory = get_export(store, inst, "memory")
-        self.table = get_export(store, inst, "__indirect_function_table")
-        if not isinstance(self.memory, wasmtime.Memory):
+        memory = get_export(store, inst, "memory")
+        table = get_export(store, inst, "__indirect_function_table")
+        if not isinstance(memory, wasmtime.Memory):
             raise LoadError(f"{plan.root_module.image.path}: non-PIE main does not export memory")
-        if not isinstance(self.table, wasmtime.Table):
+        pages = memory.size(store)
+        if pages < plan.memory_pages:
+            memory.grow(store, plan.memory_pages - pages)
+        if not isinstance(table, wasmtime.Table):
             if len(plan.modules) > 1 or plan.table_fills:
                 raise LoadError(
                     f"{plan.root_module.image.path}: non-PIE main does not export "
                     "__indirect_function_table (link it with --export-table --growable-table)"
                 )
             return
-        pages = self.memory.size(store)
-        if pages < plan.memory_pages:
-            self.memory.grow(store, plan.memory_pages - pages)
-        size = self.table.size(store)
+        size = table.size(store)
         if size < plan.table_size:
             try:
-                self.table.grow(store, plan.table_size - size, None)
+                table.grow(store, plan.table_size - size, None)
             except wasmtime.WasmtimeError:
                 raise LoadError(
                     f"{plan.root_module.image.path}: its table cannot grow to "
@@ -296,26 +345,25 @@ class InstanceSet:
                 ) from None
 
     def _fill_tables(self) -> None:
-        plan, store = self.plan, self.store
-        for fill in plan.table_fills:
-            if fill.target is None:
-                func = self.traps[fill.trap]  # type: ignore[index]
-            else:
-                owner, name = fill.target
-                func = get_export(store, self.instances[owner], name)
-            self.table.set(store, fill.slot, func)  # type: ignore[union-attr]
-        for i, stub in enumerate(plan.plt):
-            if stub.target is None:
-                func = self._lazy_missing(stub.type, stub.symbol, stub.importer)
-            else:
-                owner, name = stub.target
-                func = get_export(store, self.instances[owner], name)
-            self.plt_table.set(store, i, func)  # type: ignore[union-attr]
-
-    def _lazy_missing(self, ft: FuncType, symbol: str, importer: str) -> wasmtime.Func:
-        return self._trap_func(
-            ft, f"symbol lookup error: {importer}: undefined symbol: {symbol} (called lazily)"
+        r = self.recipe
+        filler = self._generated.get(
+            (
+                "filler",
+                r.filler_tables and len(r.filler_tables),
+                r.filler_functions,
+                r.filler_fills,
+            ),
+            lambda: codegen.filler_module(
+                len(r.filler_tables), [ft for ft, _ in r.filler_functions], r.filler_fills
+            ),
         )
+        sources = [*r.filler_tables, *(s for _, s in r.filler_functions)]
+        arr = self._fill_array(sources)
+        try:
+            _new_instance(self.store, filler, arr, len(sources))
+        except wasmtime.WasmtimeError as e:
+            msg = str(e).strip().splitlines()[0]
+            raise LoadError(f"cannot fill the function tables: {msg}") from None
 
     # -- start-up -------------------------------------------------------------
 

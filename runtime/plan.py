@@ -138,6 +138,7 @@ class LinkPlan:
     scope: dict[str, int]
     unresolved: list[tuple[str, str, str]]  # (importer, symbol, kind) non-weak misses
     options: LinkOptions
+    recipe: object = None  # the Recipe built from this plan (see recipe.py), cached
 
     @property
     def root_module(self) -> PlannedModule:

@@ -102,7 +102,8 @@ class Import:
 class Export:
     name: str
     kind: int
-    index: int
+    index: int  # index in the module's index space of its kind
+    position: int = 0  # position in the export section (wasmtime's export_nth)
 
 
 @attrs.frozen
@@ -175,7 +176,7 @@ class ModuleInfo:
     memories: list[Limits] = attrs.Factory(list)
     tags: list[int] = attrs.Factory(list)
     globals: list[Global] = attrs.Factory(list)
-    exports: dict[str, Export] = attrs.Factory(dict)
+    exports: dict[str, Export] = attrs.Factory(dict)  # in export-section order
     start: int | None = None
     elements: list[ElemSegment] = attrs.Factory(list)
     customs: list[CustomSection] = attrs.Factory(list)
@@ -554,7 +555,7 @@ def _section(r: Reader, sid: int, info: ModuleInfo) -> None:
             index = r.uleb()
             if name in info.exports:
                 raise r.fail(f"duplicate export name {name!r}", start)
-            info.exports[name] = Export(name, kind, index)
+            info.exports[name] = Export(name, kind, index, len(info.exports))
     elif sid == 8:
         info.start = r.uleb()
     elif sid == 9:

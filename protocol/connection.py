@@ -1,0 +1,138 @@
+"""A sans-I/O connection: one side's view of a byte stream of messages.
+
+The caller owns the socket (trio in the daemon, blocking in the client) and
+shuttles bytes: ``receive_data`` what it read, write what ``send`` returns.
+The connection splits frames, decodes and validates messages, and checks
+that each travels in the right direction, so that logic is written and
+tested once for both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NoReturn
+
+from .codec import decode_message, encode_message
+from .errors import ConnectionBroken, ProtocolError, UnexpectedMessage
+from .framing import MAX_FRAME_SIZE, FrameDecoder
+from .messages import REQUEST_TYPES, RESPONSE_TYPES, Message
+
+__all__ = ["Connection", "ConnectionState", "Role"]
+
+
+class Role(enum.StrEnum):
+    """Which end of the socket this is; it decides what may be received."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class ConnectionState(enum.Enum):
+    """OPEN: messages flow. CLOSED: the peer ended the stream cleanly and every
+    message before the end was taken. ERROR: a ProtocolError happened; the
+    stream cannot be resynchronised, so the caller should close the socket."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class Connection:
+    """One end of a wasmrun protocol connection, without I/O.
+
+    A server receives requests and sends responses; a client the reverse.
+    Any ProtocolError (from bad input or a wrong-way message) moves the
+    connection to ERROR, after which every call raises ConnectionBroken: a
+    stream that broke once cannot be trusted to be at a frame boundary. To
+    tell the peer why, a server can still write
+    ``encode_message(error_response(exc))`` itself before closing.
+    """
+
+    def __init__(self, role: Role | str, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.role = Role(role)
+        self.max_frame_size = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+        self._peer_eof = False
+        self._state = ConnectionState.OPEN
+        self._error: ProtocolError | None = None
+        if self.role is Role.SERVER:
+            self._receives, self._sends = REQUEST_TYPES, RESPONSE_TYPES
+        else:
+            self._receives, self._sends = RESPONSE_TYPES, REQUEST_TYPES
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection stands (see ConnectionState)."""
+        return self._state
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The error that moved the connection to ERROR, if any."""
+        return self._error
+
+    def receive_data(self, data: bytes) -> None:
+        """Hand over bytes read from the socket; ``b""`` means the peer closed
+        its end (what ``recv`` returns at EOF)."""
+        self._check_usable()
+        try:
+            if data:
+                self._decoder.feed(data)
+            else:
+                self._peer_eof = True
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def next_message(self) -> Message | None:
+        """The next complete, validated message, or None if there is none yet.
+
+        None also comes once the peer has closed and everything before the
+        close was taken; ``state`` is then CLOSED. A stream that ends mid-frame
+        raises MalformedFrame (only after the complete messages before it).
+        """
+        self._check_usable()
+        if self._state is ConnectionState.CLOSED:
+            return None
+        try:
+            payload = self._decoder.next_frame()
+            if payload is None:
+                if self._peer_eof:
+                    self._decoder.eof()
+                    self._state = ConnectionState.CLOSED
+                return None
+            message = decode_message(payload)
+            if self._receives.get(message.TYPE) is not type(message):
+                raise UnexpectedMessage(
+                    f"unexpected message type for this side: a {self.role} cannot "
+                    f"receive {message.TYPE!r}"
+                )
+        except ProtocolError as exc:
+            self._fail(exc)
+        return message
+
+    def send(self, msg: Message) -> bytes:
+        """The bytes to write to the socket for ``msg``.
+
+        Raises UnexpectedMessage for a message this side must not send (a
+        server sending a request), and FrameTooLarge if it does not fit a
+        frame; both are treated like any ProtocolError.
+        """
+        self._check_usable()
+        try:
+            if self._sends.get(msg.TYPE) is not type(msg):
+                raise UnexpectedMessage(
+                    f"unexpected message type for this side: a {self.role} cannot send {msg.TYPE!r}"
+                )
+            return encode_message(msg, max_frame_size=self.max_frame_size)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def _check_usable(self) -> None:
+        """Refuse to do anything once the connection has failed."""
+        if self._error is not None:
+            raise ConnectionBroken(self._error)
+
+    def _fail(self, exc: ProtocolError) -> NoReturn:
+        """Enter ERROR and re-raise ``exc``."""
+        self._state = ConnectionState.ERROR
+        self._error = exc
+        raise exc

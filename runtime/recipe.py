@@ -1,0 +1,218 @@
+"""Recipes: a link plan turned into what a run replays with no symbol work.
+
+A plan says *what* each import binds to; a recipe says *where to fetch it*
+at run time: for every import of every module, a (source instance, export
+position) pair. A run then fills each module's import array with one
+``export_nth`` call per import and instantiates; it never looks a name up.
+
+Everything a run creates besides the program's own modules comes from
+generated modules, each one instantiation:
+
+* **core**: the stack pointer, per-module ``__memory_base``/``__table_base``,
+  every GOT entry (as globals with their planned values), exception tags,
+  the indirect function table, and the memory when no WASI shim defines it;
+* **shim**: the WASI wrappers (and the memory);
+* **plt**: PLT stubs and their table;
+* **stubs**: functions that trap with a message (missing symbols);
+* **filler**: active element segments writing GOT.func slots and PLT slots,
+  instantiated after every module exists.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from .plan import (
+    B_DIRECT,
+    B_EXPORT,
+    B_GLOBAL,
+    B_MEMORY,
+    B_PLT,
+    B_TABLE,
+    B_TAG,
+    B_TRAP,
+    B_WASI,
+    LinkPlan,
+)
+from .wasmbin import FuncType
+
+# Source slots of the per-run instance list; module j is MODULE0 + j.
+SRC_HOST_WASI: Final = -1  # a WASI host function from the linker (non-PIE main only)
+SRC_CORE: Final = 0
+SRC_SHIM: Final = 1
+SRC_PLT: Final = 2
+SRC_STUBS: Final = 3
+MODULE0: Final = 4
+
+Source = tuple[int, int | str]
+
+
+@attrs.frozen
+class Recipe:
+    core_globals: tuple[tuple[bool, int], ...]
+    core_tags: tuple[FuncType, ...]
+    core_table: int | None
+    core_memory: tuple[int, int | None] | None
+    core_positions: dict[str, int]
+    wasi: tuple[tuple[str, FuncType], ...]
+    shim_memory: tuple[int, int | None] | None  # None: the shim imports env.memory
+    plt_types: tuple[FuncType, ...]
+    stubs: tuple[tuple[FuncType, str], ...]
+    imports: tuple[tuple[Source, ...], ...]  # per module, per import
+    filler_tables: tuple[Source, ...]
+    filler_functions: tuple[tuple[FuncType, Source], ...]
+    filler_fills: tuple[tuple[int, int, int], ...]
+    late_globals: tuple[tuple[int, int, str, int], ...]  # (global, module, export, base)
+
+
+def recipe_for(plan: LinkPlan) -> Recipe:
+    """The plan's recipe, built on first use and kept with the plan."""
+    if plan.recipe is None:
+        plan.recipe = build_recipe(plan)
+    return plan.recipe  # type: ignore[return-value]
+
+
+def build_recipe(plan: LinkPlan) -> Recipe:
+    """Turn a plan into a recipe (once per plan)."""
+    root = plan.root
+    nonpie = plan.nonpie
+    mem_limits = (plan.memory_pages, plan.memory_max_pages)
+    has_shim = bool(plan.wasi)
+
+    core_positions: dict[str, int] = {}
+    pos = 0
+    core_table = None if nonpie else plan.table_size
+    if core_table is not None:
+        core_positions["table"] = pos
+        pos += 1
+    core_memory = None if (nonpie or has_shim) else mem_limits
+    if core_memory is not None:
+        core_positions["memory"] = pos
+        pos += 1
+    for i in range(len(plan.tags)):
+        core_positions[f"t{i}"] = pos
+        pos += 1
+    for i in range(len(plan.globals)):
+        core_positions[f"g{i}"] = pos
+        pos += 1
+
+    # Stubs: the plan's trap functions, then one per lazily missing PLT target.
+    stubs: list[tuple[FuncType, str]] = [(t.type, t.message) for t in plan.traps]
+    lazy_stub: dict[int, int] = {}
+    for i, stub in enumerate(plan.plt):
+        if stub.target is None:
+            lazy_stub[i] = len(stubs)
+            stubs.append(
+                (
+                    stub.type,
+                    f"symbol lookup error: {stub.importer}: undefined symbol: "
+                    f"{stub.symbol} (called lazily)",
+                )
+            )
+
+    def module_export(owner: int, name: str) -> Source:
+        exp = plan.modules[owner].image.info.exports[name]
+        return (MODULE0 + owner, exp.position)
+
+    def memory_source() -> Source:
+        if nonpie:
+            return module_export(root, "memory")
+        if has_shim:
+            return (SRC_SHIM, 0)
+        return (SRC_CORE, core_positions["memory"])
+
+    def table_source() -> Source:
+        if nonpie:
+            return module_export(root, "__indirect_function_table")
+        return (SRC_CORE, core_positions["table"])
+
+    wasi_pos = {name: 1 + i for i, (name, _) in enumerate(plan.wasi)}
+    imports: list[tuple[Source, ...]] = []
+    for mi, pm in enumerate(plan.modules):
+        srcs: list[Source] = []
+        for kind, arg in pm.binds:
+            if kind in (B_DIRECT, B_EXPORT):
+                owner, name = arg  # type: ignore[misc]
+                srcs.append(module_export(owner, name))
+            elif kind == B_GLOBAL:
+                srcs.append((SRC_CORE, core_positions[f"g{arg}"]))
+            elif kind == B_WASI:
+                if nonpie and mi == root:
+                    srcs.append((SRC_HOST_WASI, arg))  # type: ignore[arg-type]
+                else:
+                    srcs.append((SRC_SHIM, wasi_pos[arg]))  # type: ignore[index]
+            elif kind == B_PLT:
+                srcs.append((SRC_PLT, 1 + arg))  # type: ignore[operator]
+            elif kind == B_TRAP:
+                srcs.append((SRC_STUBS, 1 + arg))  # type: ignore[operator]
+            elif kind == B_MEMORY:
+                srcs.append(memory_source())
+            elif kind == B_TABLE:
+                srcs.append(table_source())
+            elif kind == B_TAG:
+                srcs.append((SRC_CORE, core_positions[f"t{arg}"]))
+            else:  # pragma: no cover - the planner produces only the kinds above
+                raise AssertionError(f"unknown binding kind {kind}")
+        imports.append(tuple(srcs))
+
+    # The filler: GOT.func slots into the main table, PLT targets into the PLT table.
+    filler_tables: list[Source] = []
+    functions: list[tuple[FuncType, Source]] = []
+    fn_index: dict[Source, int] = {}
+    fills: list[tuple[int, int, int]] = []
+
+    def function(ft: FuncType, src: Source) -> int:
+        if src not in fn_index:
+            fn_index[src] = len(functions)
+            functions.append((ft, src))
+        return fn_index[src]
+
+    def target_type(owner: int, name: str) -> FuncType:
+        info = plan.modules[owner].image.info
+        ft = info.func_type(info.exports[name].index)
+        assert ft is not None
+        return ft
+
+    if plan.table_fills or plan.plt:
+        filler_tables.append(table_source())
+        for fill in plan.table_fills:
+            if fill.target is None:
+                assert fill.trap is not None
+                ft = plan.traps[fill.trap].type
+                f = function(ft, (SRC_STUBS, 1 + fill.trap))
+            else:
+                owner, name = fill.target
+                f = function(target_type(owner, name), module_export(owner, name))
+            fills.append((0, fill.slot, f))
+        if plan.plt:
+            filler_tables.append((SRC_PLT, 0))
+            for i, stub in enumerate(plan.plt):
+                if stub.target is None:
+                    f = function(stub.type, (SRC_STUBS, 1 + lazy_stub[i]))
+                else:
+                    f = function(stub.type, module_export(*stub.target))
+                fills.append((1, i, f))
+
+    late = tuple(
+        (gi, g.late[0], g.late[1], plan.modules[g.late[0]].memory_base)
+        for gi, g in enumerate(plan.globals)
+        if g.late is not None
+    )
+    return Recipe(
+        core_globals=tuple((g.mutable, g.value) for g in plan.globals),
+        core_tags=tuple(ft for _, ft in plan.tags),
+        core_table=core_table,
+        core_memory=core_memory,
+        core_positions=core_positions,
+        wasi=tuple(plan.wasi),
+        shim_memory=None if nonpie else mem_limits,
+        plt_types=tuple(s.type for s in plan.plt),
+        stubs=tuple(stubs),
+        imports=tuple(imports),
+        filler_tables=tuple(filler_tables),
+        filler_functions=tuple(functions),
+        filler_fills=tuple(fills),
+        late_globals=late,
+    )
