@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from toolchain.corpus import build_corpus  # noqa: E402
-
 from wasmrun.runtime import Runtime  # noqa: E402
+
+from toolchain.corpus import build_corpus  # noqa: E402
 
 
 def measure(rt: Runtime, program: Path, args: list[str], repeat: int) -> tuple[float, float, float]:
@@ -57,8 +57,12 @@ def main() -> int:
     rows = []
     for label, dyn, static, args in [
         ("hello world", "hello.wasm", "hello_static.wasm", []),
-        (f"{ns.calls:,} calls into a library", "callloop.wasm", "callloop_static.wasm",
-         [str(ns.calls)]),
+        (
+            f"{ns.calls:,} calls into a library",
+            "callloop.wasm",
+            "callloop_static.wasm",
+            [str(ns.calls)],
+        ),
     ]:
         d = measure(rt, corpus / dyn, args, ns.repeat)
         s = measure(rt, corpus / static, args, ns.repeat)
@@ -70,9 +74,7 @@ def main() -> int:
             print(
                 f"{label:34} {kind:8} {first * 1e3:8.2f}ms {whole * 1e3:8.2f}ms {run * 1e3:8.2f}ms"
             )
-        print(
-            f"{'':34} {'ratio':8} {d[0] / s[0]:9.2f}x {d[1] / s[1]:9.2f}x {d[2] / s[2]:9.2f}x"
-        )
+        print(f"{'':34} {'ratio':8} {d[0] / s[0]:9.2f}x {d[1] / s[1]:9.2f}x {d[2] / s[2]:9.2f}x")
     return 0
 
 

@@ -56,7 +56,17 @@ def _size(value: str) -> int:
     return n
 
 
+def _add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep compiled code in DIR (default $WASMRUN_CACHE_DIR or "
+        "$XDG_CACHE_HOME/wasmrun; WASMRUN_CACHE_DIR=off disables it)",
+    )
+
+
 def _add_link_options(p: argparse.ArgumentParser) -> None:
+    _add_cache_option(p)
     p.add_argument(
         "-L",
         "--library-path",
@@ -127,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_link_options(ldd)
     ldd.add_argument("file", metavar="PROGRAM|LIB")
+
+    pre = sub.add_parser(
+        "preload",
+        help="compile libraries (and their dependencies) into the cache ahead of time",
+        description="Load and compile each LIB and everything it needs, saving the "
+        "compiled code in the disk cache so that later runs start without compiling.",
+    )
+    _add_link_options(pre)
+    pre.add_argument("libraries", nargs="+", metavar="LIB")
+
+    cache = sub.add_parser("cache", help="show or clear the compiled-code cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_sub.required = True
+    for action, text in (("stats", "print cache counters"), ("clear", "delete cached code")):
+        _add_cache_option(cache_sub.add_parser(action, help=text))
     return parser
 
 
@@ -143,7 +168,7 @@ def _default_signals() -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from wasmrun.runtime import GuestTrap, LinkOptions, LoadError, Runtime
+    from wasmrun.runtime import GuestTrap, LinkOptions, LoadError
 
     _default_signals()
     env = {}
@@ -163,7 +188,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         preload=tuple(ns.preload),
     )
     try:
-        rt = Runtime(library_path=ns.library_path)
+        rt = _runtime(ns)
         result = rt.run(
             ns.program,
             args=[ns.program, *args],
@@ -181,11 +206,52 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _runtime(ns: argparse.Namespace):
+    from wasmrun.runtime import Runtime
+
+    return Runtime(
+        library_path=getattr(ns, "library_path", ()),
+        disk_cache=ns.cache_dir if ns.cache_dir else True,
+    )
+
+
+def cmd_preload(ns: argparse.Namespace) -> int:
+    from wasmrun.runtime import LoadError
+
+    rt = _runtime(ns)
+    try:
+        for path in rt.preload(ns.libraries):
+            print(path)
+    except LoadError as e:
+        _error(str(e))
+        return EXIT_LOAD_ERROR
+    stats = rt.stats()
+    print(
+        f"compiled {stats['memory.compiles']}, loaded {stats['memory.deserializes']} "
+        "from the disk cache"
+    )
+    return 0
+
+
+def cmd_cache(ns: argparse.Namespace) -> int:
+    rt = _runtime(ns)
+    if rt.cache.disk is None:
+        _error("the disk cache is off (WASMRUN_CACHE_DIR=off)")
+        return 1
+    if ns.cache_command == "clear":
+        n = rt.clear_caches()
+        print(f"removed {n} entries from {rt.cache.disk.directory}")
+        return 0
+    for key, value in rt.cache.disk.summary().items():
+        print(f"{key.removeprefix('disk.')}: {value}")
+    return 0
+
+
 def cmd_ldd(ns: argparse.Namespace) -> int:
-    from wasmrun.runtime import LoadError, Runtime
+    from wasmrun.runtime import LoadError
     from wasmrun.runtime.ldd import ldd
 
-    rt = Runtime(library_path=ns.library_path)
+    rt = _runtime(ns)
     try:
         report = ldd(rt.cache, rt.search, ns.file)
     except LoadError as e:
@@ -204,9 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        if ns.command == "run":
-            return cmd_run(ns)
-        return cmd_ldd(ns)
+        commands = {"run": cmd_run, "ldd": cmd_ldd, "preload": cmd_preload, "cache": cmd_cache}
+        return commands[ns.command](ns)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -75,10 +75,12 @@ class Connection:
         its end (what ``recv`` returns at EOF)."""
         self._check_usable()
         try:
-            if data:
-                self._decoder.feed(data)
-            else:
+            if not data:
                 self._peer_eof = True
+            elif self._peer_eof:
+                raise ProtocolError("data received after the end of the stream")
+            else:
+                self._decoder.feed(data)
         except ProtocolError as exc:
             self._fail(exc)
 

@@ -109,10 +109,8 @@ Check: TypeAlias = Callable[[Any, str], None]
 # Checks. Each builder returns a Check; messages compose them per field.
 
 
-def type_name(value: object) -> str:
-    """The msgpack-flavoured name of a value's type, for error messages the
-    sender can relate to what it put on the wire."""
-    names = {
+_TYPE_NAMES: Mapping[type, str] = MappingProxyType(
+    {
         type(None): "nil",
         bool: "bool",
         int: "int",
@@ -123,7 +121,13 @@ def type_name(value: object) -> str:
         tuple: "array (tuple)",
         dict: "map",
     }
-    return names.get(type(value), type(value).__name__)
+)
+
+
+def type_name(value: object) -> str:
+    """The msgpack-flavoured name of a value's type, for error messages the
+    sender can relate to what it put on the wire."""
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _int_text(value: int) -> str:

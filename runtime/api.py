@@ -14,18 +14,31 @@ between threads, and every ``run``/``open_library`` gets a fresh instance set.
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import attrs
 import wasmtime
 
-from .cache import ModuleCache
+from .cache import DEFAULT_BUDGET, ModuleCache
+from .diskcache import (
+    DEFAULT_MAX_BYTES,
+    ENV_CACHE_DIR,
+    DiskCache,
+    default_cache_dir,
+    engine_fingerprint,
+)
 from .errors import LoadError
 from .instance import GeneratedModules, InstanceSet, make_host_linker
 from .plan import LinkOptions, LinkPlan, Planner
 from .search import SearchPath
+
+# Engine settings, as text for the disk cache's fingerprint: change both together.
+ENGINE_SETTINGS = "tail_call=1 exceptions=1"
 
 
 def make_engine() -> wasmtime.Engine:
@@ -34,6 +47,43 @@ def make_engine() -> wasmtime.Engine:
     cfg.wasm_tail_call = True  # PLT stubs use return_call_indirect
     cfg.wasm_exceptions = True  # __cpp_exception / __c_longjmp tags
     return wasmtime.Engine(cfg)
+
+
+def _disk_cache(
+    setting: bool | str | os.PathLike | None,
+    engine: wasmtime.Engine,
+    environ: Mapping[str, str],
+    max_bytes: int,
+) -> DiskCache | None:
+    if setting is None or setting is True:
+        env_value = environ.get(ENV_CACHE_DIR)
+        if env_value is not None and env_value.strip().lower() in ("", "off", "0", "none"):
+            return None
+        directory = default_cache_dir(dict(environ))
+    elif setting is False:
+        return None
+    else:
+        directory = Path(setting)
+    return DiskCache(directory, engine, engine_fingerprint(ENGINE_SETTINGS), max_bytes)
+
+
+@attrs.frozen
+class _PlanEntry:
+    plan: LinkPlan
+    files: tuple[tuple[str, tuple[int, ...]], ...]
+    misses: tuple[str, ...]
+
+    def still_valid(self) -> bool:
+        """Every file unchanged and no earlier search path now holds a file:
+        a few stat calls per module, no symbol work."""
+        for path, ident in self.files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != ident:
+                return False
+        return not any(os.path.exists(p) for p in self.misses)
 
 
 @attrs.frozen
@@ -81,7 +131,14 @@ class RunResult:
 
 
 class Runtime:
-    """The linker and its caches."""
+    """The linker and its caches.
+
+    ``disk_cache``: True (default) keeps compiled code in ``$WASMRUN_CACHE_DIR``
+    or ``$XDG_CACHE_HOME/wasmrun`` (``WASMRUN_CACHE_DIR=off`` disables it),
+    a path puts it there, False turns it off. ``memory_budget`` bounds the
+    in-memory module cache (bytes); ``plan_cache_size`` the number of link
+    plans kept.
+    """
 
     def __init__(
         self,
@@ -89,26 +146,114 @@ class Runtime:
         default_library_path: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
         engine: wasmtime.Engine | None = None,
+        disk_cache: bool | str | os.PathLike | None = True,
+        disk_cache_max_bytes: int = DEFAULT_MAX_BYTES,
+        memory_budget: int = DEFAULT_BUDGET,
+        plan_cache_size: int = 256,
     ) -> None:
+        env = os.environ if environ is None else environ
         self.engine = engine or make_engine()
-        self.cache = ModuleCache(self.engine)
-        self.generated = GeneratedModules(self.engine)
+        disk = _disk_cache(disk_cache, self.engine, env, disk_cache_max_bytes)
+        self.cache = ModuleCache(self.engine, memory_budget, disk)
+        self.generated = GeneratedModules(self.engine, self.cache.compile)
         self.host_linker = make_host_linker(self.engine)
-        self.search = SearchPath.create(
-            library_path, dict(environ) if environ is not None else None, default_library_path
-        )
+        self.search = SearchPath.create(library_path, dict(env), default_library_path)
+        self.plan_cache_size = plan_cache_size
+        self._plans: collections.OrderedDict[tuple, _PlanEntry] = collections.OrderedDict()
+        self._plans_lock = threading.Lock()
+        self.plan_stats = {"plan.hits": 0, "plan.misses": 0, "plan.stale": 0}
 
     def plan(self, path: str, options: LinkOptions | None = None) -> LinkPlan:
-        """Load ``path`` and its dependencies and resolve every symbol."""
-        return Planner(self.cache, self.search, options or LinkOptions()).plan(path)
+        """Load ``path`` and its dependencies and resolve every symbol.
+
+        Plans are cached: a repeated request for the same program, options
+        and search path, whose files are all unchanged, reuses the plan.
+        """
+        return self._plan(path, options)[0]
+
+    def _plan(
+        self, path: str, options: LinkOptions | None = None
+    ) -> tuple[LinkPlan, dict[str, float]]:
+        options = options or LinkOptions()
+        key = (os.getcwd(), path, options, self.search)
+        t0 = time.perf_counter()
+        with self._plans_lock:
+            entry = self._plans.get(key)
+        if entry is not None:
+            if entry.still_valid():
+                with self._plans_lock:
+                    self._plans.move_to_end(key)
+                    self.plan_stats["plan.hits"] += 1
+                return entry.plan, {"load": time.perf_counter() - t0, "link": 0.0}
+            with self._plans_lock:
+                self.plan_stats["plan.stale"] += 1
+        plan = Planner(self.cache, self.search, options).plan(path)
+        files = []
+        for pm in plan.modules:
+            try:
+                st = os.stat(pm.image.path)
+            except OSError:
+                continue
+            files.append(
+                (pm.image.path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            )
+        with self._plans_lock:
+            self.plan_stats["plan.misses"] += 1
+            self._plans[key] = _PlanEntry(plan, tuple(files), tuple(plan.misses))
+            while len(self._plans) > self.plan_cache_size:
+                self._plans.popitem(last=False)
+        return plan, dict(plan.timings)
+
+    def preload(self, libraries: Sequence[str]) -> list[str]:
+        """Load, compile (and save to the disk cache) libraries and their
+        dependencies ahead of the runs that need them. Returns the paths."""
+        loaded = []
+        for lib in libraries:
+            path = lib if "/" in lib else self._find_library(lib)
+            plan = self.plan(path)
+            for pm in plan.modules:
+                pm.image.module()
+                loaded.append(pm.image.path)
+        return list(dict.fromkeys(loaded))
+
+    def _find_library(self, library: str) -> str:
+        found = self.search.find(library, os.path.join(os.getcwd(), "."), ())
+        if found is None:
+            raise LoadError(
+                f"error while loading shared libraries: {library}: cannot open shared "
+                "object file: No such file or directory"
+            )
+        return found
+
+    def stats(self) -> dict[str, int | float | str]:
+        """Counters of the module cache, disk cache and plan cache."""
+        out = self.cache.summary()
+        with self._plans_lock:
+            out.update(self.plan_stats)
+            out["plan.entries"] = len(self._plans)
+        out["generated.modules"] = len(self.generated)
+        return out
+
+    def clear_caches(self, disk: bool = True) -> int:
+        """Forget cached plans and modules (and disk entries); returns how many
+        disk entries were removed."""
+        with self._plans_lock:
+            self._plans.clear()
+        self.cache.clear()
+        if disk and self.cache.disk is not None:
+            return self.cache.disk.clear()
+        return 0
 
     def instantiate(self, plan: LinkPlan, wasi: WasiOptions | None = None) -> InstanceSet:
         """A fresh, initialised instance set (constructors of libraries run)."""
+        t0 = time.perf_counter()
         for pm in plan.modules:
-            pm.image.module()  # compile (or fetch compiled) before timing the run
+            pm.image.module()  # compile, deserialize, or already in memory
+        t1 = time.perf_counter()
         iset = InstanceSet(
             plan, self.engine, self.host_linker, self.generated, (wasi or WasiOptions()).config()
         )
+        iset.timings["compile"] = t1 - t0
         iset.initialize()
         return iset
 
@@ -130,7 +275,7 @@ class Runtime:
         GuestTrap when the guest traps.
         """
         t0 = time.perf_counter()
-        plan = self.plan(program, options)
+        plan, plan_timings = self._plan(program, options)
         if not plan.root_module.image.is_executable:
             raise LoadError(f"{program}: has no _start export (a library, not a program)")
         t1 = time.perf_counter()
@@ -144,7 +289,7 @@ class Runtime:
         )
         iset = self.instantiate(plan, wasi)
         code = iset.run_start()
-        timings = {"plan": t1 - t0, **iset.timings}
+        timings = {**plan_timings, "plan": t1 - t0, **iset.timings}
         return RunResult(code, timings)
 
     def open_library(
@@ -152,13 +297,5 @@ class Runtime:
     ) -> InstanceSet:
         """Load a shared library with its dependencies into a fresh instance
         set and run its constructors; call functions with ``.call``."""
-        path = library
-        if "/" not in library:
-            found = self.search.find(library, os.path.join(os.getcwd(), "."), ())
-            if found is None:
-                raise LoadError(
-                    f"error while loading shared libraries: {library}: cannot open shared "
-                    "object file: No such file or directory"
-                )
-            path = found
+        path = library if "/" in library else self._find_library(library)
         return self.instantiate(self.plan(path, options), wasi)

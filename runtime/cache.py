@@ -1,47 +1,89 @@
-"""The in-process module cache: decoded (and, once used, compiled) modules.
+"""The in-memory module cache: decoded, validated and compiled modules.
 
-A file is identified first by its stat identity (device, inode, size,
-mtime); a changed identity forces a re-read, and identical bytes under
-another name share one image through the content digest, so a file that
-changes on disk is never served stale and a copied libc compiles once.
+Entries are keyed by the SHA-256 of the module's bytes (one cache belongs to
+one engine, so the engine configuration is part of the key by construction)
+and bounded by a byte budget with least-recently-used eviction.
+
+Looking a file up is cheap when nothing changed: its stat identity (device,
+inode, size, mtime, ctime) maps straight to the digest. A file whose identity
+changed is read and hashed again, so a library rebuilt on disk is never
+served stale; identical bytes under another path share one entry.
+
+Compilation goes through the disk cache when there is one: a fresh process
+deserializes what an earlier one compiled. Thread-safe: worker threads of the
+daemon share one cache.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import threading
+import time
 
+import attrs
 import wasmtime
 
+from .diskcache import DiskCache
 from .errors import LoadError
 from .module import ModuleImage, decode
 
+DEFAULT_BUDGET = 1 << 30  # bytes of modules kept in memory
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@attrs.define
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    compiles: int = 0
+    compile_seconds: float = 0.0
+    deserializes: int = 0
+    deserialize_seconds: float = 0.0
 
 
 class ModuleCache:
-    """Thread-safe cache of :class:`ModuleImage` by file identity and digest."""
+    """Thread-safe LRU of :class:`ModuleImage` by content digest."""
 
-    def __init__(self, engine: wasmtime.Engine) -> None:
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        budget_bytes: int = DEFAULT_BUDGET,
+        disk: DiskCache | None = None,
+    ) -> None:
         self.engine = engine
-        self._by_identity: dict[tuple[int, int, int, int], ModuleImage] = {}
-        self._by_digest: dict[str, ModuleImage] = {}
-        self._lock = threading.Lock()
+        self.budget_bytes = budget_bytes
+        self.disk = disk
+        self.stats = CacheStats()
+        self._entries: collections.OrderedDict[str, ModuleImage] = collections.OrderedDict()
+        self._costs: dict[str, int] = {}
+        self._bytes = 0
+        self._by_identity: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._lock = threading.RLock()
+        self._compile_locks: dict[str, threading.Lock] = {}
+
+    # -- lookup ---------------------------------------------------------------
 
     def load(self, path: str, name: str | None = None) -> ModuleImage:
-        """Decode ``path`` (or return the cached image); LoadError if it cannot
-        be opened or is not a valid module."""
+        """The decoded image of ``path`` (compiled lazily); LoadError if it
+        cannot be opened or is not a valid module."""
+        display = name or os.path.basename(path)
         try:
             with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                key = _identity(st)
+                ident = _identity(os.fstat(f.fileno()))
                 with self._lock:
-                    hit = self._by_identity.get(key)
-                if hit is not None and hit.path == path:
-                    return hit
+                    known = self._by_identity.get(path)
+                    if known is not None and known[0] == ident:
+                        image = self._entries.get(known[1])
+                        if image is not None:
+                            self._entries.move_to_end(known[1])
+                            self.stats.hits += 1
+                            return self._located(image, display, path)
                 data = f.read()
         except IsADirectoryError:
             raise LoadError(f"{path}: is a directory") from None
@@ -49,15 +91,92 @@ class ModuleCache:
             raise LoadError(f"{path}: cannot open shared object file: {e.strerror}") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
-            same = self._by_digest.get(digest)
-        if same is not None and same.path == path:
-            image = same
-        else:
-            image = decode(data, name or os.path.basename(path), path, self.engine)
-            if same is not None:
-                # Same bytes elsewhere: reuse its compiled code.
-                image = same.with_location(name or os.path.basename(path), path)
+            image = self._entries.get(digest)
+            if image is not None:
+                self._entries.move_to_end(digest)
+                self._by_identity[path] = (ident, digest)
+                self.stats.hits += 1
+                return self._located(image, display, path)
+            self.stats.misses += 1
+        image = decode(data, display, path, self.engine, digest=digest, compiler=self.compile)
         with self._lock:
-            self._by_identity[key] = image
-            self._by_digest.setdefault(digest, image)
-        return image
+            existing = self._entries.get(digest)
+            if existing is not None:  # another thread decoded it meanwhile
+                image = existing
+            else:
+                self._insert(digest, image, len(data) * 3)
+            self._by_identity[path] = (ident, digest)
+        return self._located(image, display, path)
+
+    @staticmethod
+    def _located(image: ModuleImage, name: str, path: str) -> ModuleImage:
+        if image.path == path and image.name == name:
+            return image
+        return image.with_location(name, path)
+
+    def _insert(self, digest: str, image: ModuleImage, cost: int) -> None:
+        self._entries[digest] = image
+        self._costs[digest] = cost
+        self._bytes += cost
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.budget_bytes and len(self._entries) > 1:
+            digest, _ = self._entries.popitem(last=False)
+            self._bytes -= self._costs.pop(digest)
+            self.stats.evictions += 1
+            for path, (_, d) in list(self._by_identity.items()):
+                if d == digest:
+                    del self._by_identity[path]
+
+    # -- compilation ------------------------------------------------------------
+
+    def compile(self, digest: str, data: bytes) -> wasmtime.Module:
+        """Deserialize from disk or compile (and save); one compile per digest
+        even when threads race for it."""
+        with self._lock:
+            lock = self._compile_locks.setdefault(digest, threading.Lock())
+        with lock:
+            t0 = time.perf_counter()
+            module = self.disk.load(digest) if self.disk is not None else None
+            if module is not None:
+                with self._lock:
+                    self.stats.deserializes += 1
+                    self.stats.deserialize_seconds += time.perf_counter() - t0
+                return module
+            t0 = time.perf_counter()
+            module = wasmtime.Module(self.engine, data)
+            with self._lock:
+                self.stats.compiles += 1
+                self.stats.compile_seconds += time.perf_counter() - t0
+            if self.disk is not None:
+                size = self.disk.store(digest, module)
+                if size:
+                    with self._lock:
+                        if digest in self._costs:
+                            # Account what the compiled code costs, now known.
+                            self._bytes += size + len(data) - self._costs[digest]
+                            self._costs[digest] = size + len(data)
+                            self._evict()
+            return module
+
+    # -- management -------------------------------------------------------------
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._costs.clear()
+            self._by_identity.clear()
+            self._bytes = 0
+
+    def summary(self) -> dict[str, int | float | str]:
+        with self._lock:
+            out: dict[str, int | float | str] = {
+                "memory.entries": len(self._entries),
+                "memory.bytes": self._bytes,
+                "memory.budget_bytes": self.budget_bytes,
+                **{f"memory.{k}": v for k, v in attrs.asdict(self.stats).items()},
+            }
+        if self.disk is not None:
+            out.update(self.disk.summary())
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -58,7 +59,7 @@ class ModuleImage:
     dylink: DylinkInfo | None
     kind: str
     _data: bytes = attrs.field(repr=False)
-    _engine: wasmtime.Engine = attrs.field(repr=False)
+    _compiler: Callable[[str, bytes], wasmtime.Module] = attrs.field(repr=False)
     _compiled: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
 
@@ -84,7 +85,7 @@ class ModuleImage:
             with self._lock:
                 if not self._compiled:
                     try:
-                        self._compiled.append(wasmtime.Module(self._engine, self._data))
+                        self._compiled.append(self._compiler(self.digest, self._data))
                     except wasmtime.WasmtimeError as e:
                         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
                         raise LoadError(
@@ -133,8 +134,17 @@ def classify(info: ModuleInfo, dylink: DylinkInfo | None) -> str:
     return "nonpie" if info.memories else "pic"
 
 
-def decode(data: bytes, name: str, path: str, engine: wasmtime.Engine) -> ModuleImage:
-    """Decode bytes into an image (no compilation)."""
+def decode(
+    data: bytes,
+    name: str,
+    path: str,
+    engine: wasmtime.Engine | None = None,
+    digest: str | None = None,
+    compiler: Callable[[str, bytes], wasmtime.Module] | None = None,
+) -> ModuleImage:
+    """Decode bytes into an image (no compilation). ``compiler`` produces the
+    compiled module on first use (the cache passes its disk-aware one);
+    without it, ``engine`` compiles directly."""
     info = parse_module(data, path)
     dylink: DylinkInfo | None = None
     for c in info.customs:
@@ -144,16 +154,21 @@ def decode(data: bytes, name: str, path: str, engine: wasmtime.Engine) -> Module
         if c.name == "dylink" and c.first:
             dylink = parse_legacy_dylink(c, path)
             break
+    if compiler is None:
+
+        def compiler(_digest: str, raw: bytes) -> wasmtime.Module:
+            return wasmtime.Module(engine, raw)
+
     return ModuleImage(
         name=name,
         path=path,
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=digest or hashlib.sha256(data).hexdigest(),
         size=len(data),
         info=info,
         dylink=dylink,
         kind=classify(info, dylink),
         data=data,
-        engine=engine,
+        compiler=compiler,
     )
 
 

@@ -12,6 +12,7 @@ looks a symbol up.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -139,6 +140,8 @@ class LinkPlan:
     unresolved: list[tuple[str, str, str]]  # (importer, symbol, kind) non-weak misses
     options: LinkOptions
     recipe: object = None  # the Recipe built from this plan (see recipe.py), cached
+    misses: list[str] = attrs.field(factory=list)  # search paths that held nothing
+    timings: dict[str, float] = attrs.field(factory=dict)
 
     @property
     def root_module(self) -> PlannedModule:
@@ -168,12 +171,18 @@ class _Loader:
         self.needed: list[list[int]] = []
         self.by_file: dict[tuple[int, int] | str, int] = {}
         self.by_name: dict[str, int] = {}
+        # Paths tried and not found before each hit: if one appears later, a
+        # cached plan is stale (the search would now find another file).
+        self.misses: list[str] = []
+        self.load_seconds = 0.0
 
     def add(self, path: str, name: str) -> int:
         key = _file_key(path)
         if key in self.by_file:
             return self.by_file[key]
+        t0 = time.perf_counter()
         image = self.cache.load(path, name)
+        self.load_seconds += time.perf_counter() - t0
         if image.kind == "plain" and self.images:
             raise LoadError(
                 f"{image.path}: not a shared library (it has no dylink.0 section), "
@@ -188,9 +197,14 @@ class _Loader:
 
     def resolve(self, name: str, requester: ModuleImage) -> str:
         rpath = requester.dylink.runtime_path if requester.dylink else ()
-        found = self.search.find(name, requester.path, rpath)
+        tried = self.search.candidates(name, requester.path, rpath)
+        found = None
+        for cand in tried:
+            if os.path.isfile(cand):
+                found = cand
+                break
+            self.misses.append(cand)
         if found is None:
-            tried = self.search.candidates(name, requester.path, rpath)
             where = (
                 f"; searched {', '.join(os.path.dirname(t) or '.' for t in tried)}"
                 if tried
@@ -257,6 +271,7 @@ class Planner:
     def plan(self, root_path: str, strict: bool = True) -> LinkPlan:
         """Build the plan; with ``strict=False`` unresolved symbols are only
         recorded in ``plan.unresolved`` (for ``wasmrun ldd``)."""
+        t0 = time.perf_counter()
         loader = _Loader(self.cache, self.search)
         preload = loader.closure(root_path, self.options.preload)
         images = loader.images
@@ -270,7 +285,13 @@ class Planner:
             inst_order = _instantiation_order(loader.needed, [*preload, root])
         layout = self._layout(images, nonpie)
         resolver = _Resolver(images, loader.needed, inst_order, layout, nonpie, self.options)
-        return resolver.run(strict)
+        plan = resolver.run(strict)
+        plan.misses = loader.misses
+        plan.timings = {
+            "load": loader.load_seconds,
+            "link": time.perf_counter() - t0 - loader.load_seconds,
+        }
+        return plan
 
     def _layout(self, images: list[ModuleImage], nonpie: bool) -> dict[str, object]:
         opts = self.options

@@ -14,6 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = ROOT / "build" / "corpus"
+# Compiled-code cache for the whole session (in-process runtimes and the CLI
+# subprocesses alike), never the user's own ~/.cache.
+TEST_CACHE_DIR = ROOT / "build" / "test-cache"
+os.environ["WASMRUN_CACHE_DIR"] = str(TEST_CACHE_DIR)
 sys.path.insert(0, str(ROOT / "toolchain"))
 
 import corpus as corpus_builder  # noqa: E402
@@ -29,7 +33,7 @@ def corpus() -> Path:
 @pytest.fixture(scope="session")
 def runtime(corpus: Path) -> Runtime:
     """One runtime for the session: libc.so is compiled once."""
-    return Runtime(library_path=[str(corpus)], environ={})
+    return Runtime(library_path=[str(corpus)], environ={}, disk_cache=TEST_CACHE_DIR)
 
 
 @attrs.frozen
