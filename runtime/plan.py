@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -76,8 +76,7 @@ class LinkOptions:
     preload: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class PlannedModule:
+class PlannedModule(NamedTuple):
     image: ModuleImage
     memory_base: int
     table_base: int
@@ -86,32 +85,28 @@ class PlannedModule:
     binds: tuple[tuple[int, object], ...] = ()
 
 
-@attrs.frozen
-class PltStub:
+class PltStub(NamedTuple):
     type: FuncType
     target: tuple[int, str] | None  # None: unresolved, the slot traps
     symbol: str
     importer: str
 
 
-@attrs.frozen
-class TrapStub:
+class TrapStub(NamedTuple):
     """A host function standing in for a function that does not exist."""
 
     type: FuncType
     message: str
 
 
-@attrs.frozen
-class PlannedGlobal:
+class PlannedGlobal(NamedTuple):
     mutable: bool
     value: int
     # For a data symbol whose address is only known after instantiation:
     late: tuple[int, str] | None = None
 
 
-@attrs.frozen
-class TableFill:
+class TableFill(NamedTuple):
     slot: int
     target: tuple[int, str] | None  # (module, export) or None: slot traps
     trap: int | None = None  # index into traps when target is None

@@ -9,11 +9,15 @@ element segments. Code and data sections are skipped by length.
 
 Every decoding failure raises :class:`BinaryFormatError` with the file name
 and the byte offset, so malformed input never surfaces as a Python traceback.
+
+The small records here are NamedTuples rather than attrs classes: the CLI
+imports this module on every start, and generating attrs methods for a dozen
+classes cost more start-up time than the records are worth.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -42,8 +46,7 @@ _VALTYPE_NAMES: Final = {
 }
 
 
-@attrs.frozen
-class FuncType:
+class FuncType(NamedTuple):
     """A function signature; value types are kept as their encoded bytes.
 
     Keeping the encoding makes comparison exact and lets the code generator
@@ -66,28 +69,24 @@ def valtype_name(encoded: bytes) -> str:
     return "ref" if encoded[:1] == b"\x64" else "ref null"
 
 
-@attrs.frozen
-class Limits:
+class Limits(NamedTuple):
     minimum: int
     maximum: int | None
     shared: bool = False
     is64: bool = False
 
 
-@attrs.frozen
-class GlobalType:
+class GlobalType(NamedTuple):
     valtype: bytes
     mutable: bool
 
 
-@attrs.frozen
-class TableType:
+class TableType(NamedTuple):
     reftype: bytes
     limits: Limits
 
 
-@attrs.frozen
-class Import:
+class Import(NamedTuple):
     """One import entry. ``desc`` depends on ``kind``: FuncType (func and tag),
     TableType, Limits (memory) or GlobalType."""
 
@@ -98,16 +97,14 @@ class Import:
     offset: int
 
 
-@attrs.frozen
-class Export:
+class Export(NamedTuple):
     name: str
     kind: int
     index: int  # index in the module's index space of its kind
     position: int = 0  # position in the export section (wasmtime's export_nth)
 
 
-@attrs.frozen
-class ConstExpr:
+class ConstExpr(NamedTuple):
     """A constant expression as a list of (opcode, immediate) pairs.
 
     Only what dynamic-linking modules use is interpreted (``i32.const``,
@@ -141,14 +138,12 @@ class ConstExpr:
         return [imm for op, imm in self.ops if op == 0x23]
 
 
-@attrs.frozen
-class Global:
+class Global(NamedTuple):
     type: GlobalType
     init: ConstExpr
 
 
-@attrs.frozen
-class ElemSegment:
+class ElemSegment(NamedTuple):
     """An active element segment: where it lands and which functions it holds
     (``None`` for entries that are not ``ref.func``)."""
 
@@ -157,8 +152,7 @@ class ElemSegment:
     funcs: tuple[int | None, ...]
 
 
-@attrs.frozen
-class CustomSection:
+class CustomSection(NamedTuple):
     name: str
     offset: int  # offset of the payload in the file
     payload: bytes
