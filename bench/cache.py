@@ -144,7 +144,8 @@ def part1(corpus: Path, repeat: int) -> None:
 
 def write_chain(dir_: Path, libs: int, symbols: int) -> Path:
     """libs libraries, each exporting `symbols` functions, each library
-    calling into the previous one; a PIE main calling into every library."""
+    calling into the previous one; a PIE main importing every function of
+    every library and calling into each library."""
     import wasmtime
 
     for i in range(libs):
@@ -161,8 +162,13 @@ def write_chain(dir_: Path, libs: int, symbols: int) -> Path:
           (import "env" "memory" (memory 0)) {imp} {funcs})"""
         (dir_ / f"lib{i}.so").write_bytes(wasmtime.wat2wasm(wat))
     needed = " ".join(f'"lib{i}.so"' for i in range(libs))
-    imports = "\n".join(f'(import "env" "f{i}_1" (func $f{i} (result i32)))' for i in range(libs))
-    calls = "\n".join(f"(drop (call $f{i}))" for i in range(libs))
+    # The main binds every symbol of every library (libs x symbols imports).
+    imports = "\n".join(
+        f'(import "env" "f{i}_{j}" (func $f{i}_{j} (result i32)))'
+        for i in range(libs)
+        for j in range(symbols)
+    )
+    calls = "\n".join(f"(drop (call $f{i}_1))" for i in range(libs))
     wat = f"""(module (@dylink.0 (mem-info) (needed {needed}))
       (import "env" "memory" (memory 0)) {imports}
       (func (export "_start") {calls}))"""

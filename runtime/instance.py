@@ -121,17 +121,17 @@ def make_host_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
 
 
 _EXTERN_SIZE = ctypes.sizeof(ffi.wasmtime_extern_t)
-# Our own handle on wasmtime_instance_export_nth taking plain addresses, so an
-# import array can be filled in place (dll[...] returns a fresh function
-# object; wasmtime-py's own binding is left untouched).
-_export_nth = ffi.dll["wasmtime_instance_export_nth"]
-_export_nth.restype = ctypes.c_bool
-_export_nth.argtypes = [
+# Our own handle on wasmtime_instance_export_get taking a bytes name and a
+# plain address, so an import array can be filled in place with no Python
+# object per import (dll[...] returns a fresh function object; wasmtime-py's
+# own binding is left untouched).
+_export_get = ffi.dll["wasmtime_instance_export_get"]
+_export_get.restype = ctypes.c_bool
+_export_get.argtypes = [
     ctypes.POINTER(ffi.wasmtime_context_t),
     ctypes.POINTER(ffi.wasmtime_instance_t),
+    ctypes.c_char_p,
     ctypes.c_size_t,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
     ctypes.c_void_p,
 ]
 
@@ -257,58 +257,41 @@ class InstanceSet:
             return get_export(
                 self.store, self.instances[self.plan.root], "__indirect_function_table"
             )
-        return self._extern_at((SRC_CORE, self.recipe.core_positions["table"]))  # type: ignore
+        return self._extern_at((SRC_CORE, b"table"))  # type: ignore
 
-    def _memory_source(self) -> tuple[int, int]:
+    def _memory_source(self) -> tuple[int, bytes]:
         if self.plan.nonpie:
-            pos = self.plan.root_module.image.info.exports["memory"].position
-            return (MODULE0 + self.plan.root, pos)
-        if self.recipe.wasi:
-            return (SRC_SHIM, 0)
-        return (SRC_CORE, self.recipe.core_positions["memory"])
+            return (MODULE0 + self.plan.root, b"memory")
+        return (SRC_SHIM if self.recipe.wasi else SRC_CORE, b"memory")
 
-    def _extern_at(self, source: tuple[int, int]):
-        inst = self._source(source[0])
-        item = ffi.wasmtime_extern_t()
-        name_ptr = ctypes.POINTER(ctypes.c_char)()
-        name_len = ctypes.c_size_t(0)
-        ok = ffi.wasmtime_instance_export_nth(
-            self.store._context(),
-            ctypes.byref(inst._instance),
-            source[1],
-            ctypes.byref(name_ptr),
-            ctypes.byref(name_len),
-            ctypes.byref(item),
-        )
-        return wrap_extern(item) if ok else None
+    def _extern_at(self, source: tuple[int, bytes]):
+        return get_export(self.store, self._source(source[0]), source[1].decode())
 
     def _source(self, slot: int) -> wasmtime.Instance:
         inst = self._sources[slot] if slot < MODULE0 else self.instances[slot - MODULE0]
         assert inst is not None, f"source {slot} used before it exists"
         return inst
 
-    def _fill_array(self, sources: Sequence[tuple[int, int | str]]) -> ctypes.Array:
-        """One ``export_nth`` per import, written straight into the array
-        wasmtime reads: no Python object per import."""
+    def _fill_array(self, sources: Sequence[tuple[int, bytes | str]]) -> ctypes.Array:
+        """One ``export_get`` per import, written straight into the array
+        wasmtime reads: no Python object and no symbol resolution per import."""
         n = len(sources)
         arr = (ffi.wasmtime_extern_t * n)()
         ctx = self.store._context()
-        name_ptr = ctypes.c_void_p()
-        name_len = ctypes.c_size_t(0)
-        np_addr, nl_addr = ctypes.addressof(name_ptr), ctypes.addressof(name_len)
-        base = ctypes.addressof(arr)
-        export_nth = _export_nth
-        refs: dict[int, object] = {}
-        for k, (slot, pos) in enumerate(sources):
+        addr = ctypes.addressof(arr)
+        export_get = _export_get
+        refs = {
+            slot: ctypes.byref(self._source(slot)._instance)
+            for slot in {slot for slot, _ in sources}
+            if slot != SRC_HOST_WASI
+        }
+        for slot, name in sources:
             if slot == SRC_HOST_WASI:
-                func = self._host.get(self.store, "wasi_snapshot_preview1", pos)  # type: ignore
-                arr[k] = func._as_extern()
-                continue
-            ref = refs.get(slot)
-            if ref is None:
-                ref = refs[slot] = ctypes.byref(self._source(slot)._instance)
-            if not export_nth(ctx, ref, pos, np_addr, nl_addr, base + k * _EXTERN_SIZE):
-                raise LoadError(f"internal error: export {pos} of source {slot} is missing")
+                func = self._host.get(self.store, "wasi_snapshot_preview1", name)  # type: ignore
+                ctypes.memmove(addr, ctypes.byref(func._as_extern()), _EXTERN_SIZE)
+            elif not export_get(ctx, refs[slot], name, len(name), addr):
+                raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
+            addr += _EXTERN_SIZE
         return arr
 
     def _instantiate(self, mi: int) -> None:

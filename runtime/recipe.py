@@ -2,8 +2,11 @@
 
 A plan says *what* each import binds to; a recipe says *where to fetch it*
 at run time: for every import of every module, a (source instance, export
-position) pair. A run then fills each module's import array with one
-``export_nth`` call per import and instantiates; it never looks a name up.
+name) pair, the name already encoded. A run then fills each module's import
+array with one ``wasmtime_instance_export_get`` call per import (a hash
+lookup inside wasmtime) and instantiates; it resolves no symbol and builds no
+Python object per import. (``export_nth`` would avoid the name, but wasmtime
+walks the export list to find the n-th, which is quadratic for big modules.)
 
 Everything a run creates besides the program's own modules comes from
 generated modules, each one instantiation:
@@ -46,7 +49,7 @@ SRC_PLT: Final = 2
 SRC_STUBS: Final = 3
 MODULE0: Final = 4
 
-Source = tuple[int, int | str]
+Source = tuple[int, bytes | str]
 
 
 @attrs.frozen
@@ -55,7 +58,6 @@ class Recipe:
     core_tags: tuple[FuncType, ...]
     core_table: int | None
     core_memory: tuple[int, int | None] | None
-    core_positions: dict[str, int]
     wasi: tuple[tuple[str, FuncType], ...]
     shim_memory: tuple[int, int | None] | None  # None: the shim imports env.memory
     plt_types: tuple[FuncType, ...]
@@ -81,22 +83,8 @@ def build_recipe(plan: LinkPlan) -> Recipe:
     mem_limits = (plan.memory_pages, plan.memory_max_pages)
     has_shim = bool(plan.wasi)
 
-    core_positions: dict[str, int] = {}
-    pos = 0
     core_table = None if nonpie else plan.table_size
-    if core_table is not None:
-        core_positions["table"] = pos
-        pos += 1
     core_memory = None if (nonpie or has_shim) else mem_limits
-    if core_memory is not None:
-        core_positions["memory"] = pos
-        pos += 1
-    for i in range(len(plan.tags)):
-        core_positions[f"t{i}"] = pos
-        pos += 1
-    for i in range(len(plan.globals)):
-        core_positions[f"g{i}"] = pos
-        pos += 1
 
     # Stubs: the plan's trap functions, then one per lazily missing PLT target.
     stubs: list[tuple[FuncType, str]] = [(t.type, t.message) for t in plan.traps]
@@ -113,22 +101,21 @@ def build_recipe(plan: LinkPlan) -> Recipe:
             )
 
     def module_export(owner: int, name: str) -> Source:
-        exp = plan.modules[owner].image.info.exports[name]
-        return (MODULE0 + owner, exp.position)
+        assert name in plan.modules[owner].image.info.exports
+        return (MODULE0 + owner, name.encode())
 
     def memory_source() -> Source:
         if nonpie:
             return module_export(root, "memory")
         if has_shim:
-            return (SRC_SHIM, 0)
-        return (SRC_CORE, core_positions["memory"])
+            return (SRC_SHIM, b"memory")
+        return (SRC_CORE, b"memory")
 
     def table_source() -> Source:
         if nonpie:
             return module_export(root, "__indirect_function_table")
-        return (SRC_CORE, core_positions["table"])
+        return (SRC_CORE, b"table")
 
-    wasi_pos = {name: 1 + i for i, (name, _) in enumerate(plan.wasi)}
     imports: list[tuple[Source, ...]] = []
     for mi, pm in enumerate(plan.modules):
         srcs: list[Source] = []
@@ -137,22 +124,22 @@ def build_recipe(plan: LinkPlan) -> Recipe:
                 owner, name = arg  # type: ignore[misc]
                 srcs.append(module_export(owner, name))
             elif kind == B_GLOBAL:
-                srcs.append((SRC_CORE, core_positions[f"g{arg}"]))
+                srcs.append((SRC_CORE, f"g{arg}".encode()))
             elif kind == B_WASI:
                 if nonpie and mi == root:
                     srcs.append((SRC_HOST_WASI, arg))  # type: ignore[arg-type]
                 else:
-                    srcs.append((SRC_SHIM, wasi_pos[arg]))  # type: ignore[index]
+                    srcs.append((SRC_SHIM, arg.encode()))  # type: ignore[union-attr]
             elif kind == B_PLT:
-                srcs.append((SRC_PLT, 1 + arg))  # type: ignore[operator]
+                srcs.append((SRC_PLT, str(arg).encode()))
             elif kind == B_TRAP:
-                srcs.append((SRC_STUBS, 1 + arg))  # type: ignore[operator]
+                srcs.append((SRC_STUBS, str(arg).encode()))
             elif kind == B_MEMORY:
                 srcs.append(memory_source())
             elif kind == B_TABLE:
                 srcs.append(table_source())
             elif kind == B_TAG:
-                srcs.append((SRC_CORE, core_positions[f"t{arg}"]))
+                srcs.append((SRC_CORE, f"t{arg}".encode()))
             else:  # pragma: no cover - the planner produces only the kinds above
                 raise AssertionError(f"unknown binding kind {kind}")
         imports.append(tuple(srcs))
@@ -181,16 +168,16 @@ def build_recipe(plan: LinkPlan) -> Recipe:
             if fill.target is None:
                 assert fill.trap is not None
                 ft = plan.traps[fill.trap].type
-                f = function(ft, (SRC_STUBS, 1 + fill.trap))
+                f = function(ft, (SRC_STUBS, str(fill.trap).encode()))
             else:
                 owner, name = fill.target
                 f = function(target_type(owner, name), module_export(owner, name))
             fills.append((0, fill.slot, f))
         if plan.plt:
-            filler_tables.append((SRC_PLT, 0))
+            filler_tables.append((SRC_PLT, b"table"))
             for i, stub in enumerate(plan.plt):
                 if stub.target is None:
-                    f = function(stub.type, (SRC_STUBS, 1 + lazy_stub[i]))
+                    f = function(stub.type, (SRC_STUBS, str(lazy_stub[i]).encode()))
                 else:
                     f = function(stub.type, module_export(*stub.target))
                 fills.append((1, i, f))
@@ -205,7 +192,6 @@ def build_recipe(plan: LinkPlan) -> Recipe:
         core_tags=tuple(ft for _, ft in plan.tags),
         core_table=core_table,
         core_memory=core_memory,
-        core_positions=core_positions,
         wasi=tuple(plan.wasi),
         shim_memory=None if nonpie else mem_limits,
         plt_types=tuple(s.type for s in plan.plt),
