@@ -5,8 +5,17 @@ Synchronous and socket-free; the CLI and the daemon are thin layers over
 """
 
 from .api import RunResult, Runtime, WasiOptions, make_engine
-from .errors import BinaryFormatError, GuestTrap, LimitError, LoadError, SymbolError, WasmrunError
+from .errors import (
+    BinaryFormatError,
+    GuestTrap,
+    LimitError,
+    LoadError,
+    RunInterrupted,
+    SymbolError,
+    WasmrunError,
+)
 from .instance import InstanceSet
+from .limits import RunControl, RunLimits
 from .plan import LinkOptions, LinkPlan
 
 __all__ = [
@@ -17,6 +26,9 @@ __all__ = [
     "LinkOptions",
     "LinkPlan",
     "LoadError",
+    "RunControl",
+    "RunInterrupted",
+    "RunLimits",
     "RunResult",
     "Runtime",
     "SymbolError",

@@ -32,20 +32,30 @@ from .diskcache import (
     default_cache_dir,
     engine_fingerprint,
 )
-from .errors import LoadError
+from .errors import LimitError, LoadError
 from .instance import GeneratedModules, InstanceSet, make_host_linker
+from .limits import EpochTicker, RunControl, RunLimits
 from .plan import LinkOptions, LinkPlan, Planner
 from .search import SearchPath
 
-# Engine settings, as text for the disk cache's fingerprint: change both together.
-ENGINE_SETTINGS = "tail_call=1 exceptions=1"
+
+def engine_settings(fuel: bool) -> str:
+    """The engine settings as text, for the disk cache's fingerprint."""
+    return f"tail_call=1 exceptions=1 epoch=1 fuel={int(fuel)}"
 
 
-def make_engine() -> wasmtime.Engine:
-    """The engine configuration every cached module is compiled for."""
+def make_engine(fuel: bool = False) -> wasmtime.Engine:
+    """The engine configuration every cached module is compiled for.
+
+    Epoch interruption is always on, so that any run can be given a timeout
+    or cancelled; fuel metering changes the compiled code more and costs
+    more, so it is opt-in.
+    """
     cfg = wasmtime.Config()
     cfg.wasm_tail_call = True  # PLT stubs use return_call_indirect
     cfg.wasm_exceptions = True  # __cpp_exception / __c_longjmp tags
+    cfg.epoch_interruption = True  # timeouts and cancellation
+    cfg.consume_fuel = fuel
     return wasmtime.Engine(cfg)
 
 
@@ -54,6 +64,7 @@ def _disk_cache(
     engine: wasmtime.Engine,
     environ: Mapping[str, str],
     max_bytes: int,
+    settings: str,
 ) -> DiskCache | None:
     if setting is None or setting is True:
         env_value = environ.get(ENV_CACHE_DIR)
@@ -64,7 +75,7 @@ def _disk_cache(
         return None
     else:
         directory = Path(setting)
-    return DiskCache(directory, engine, engine_fingerprint(ENGINE_SETTINGS), max_bytes)
+    return DiskCache(directory, engine, engine_fingerprint(settings), max_bytes)
 
 
 @attrs.frozen
@@ -150,10 +161,15 @@ class Runtime:
         disk_cache_max_bytes: int = DEFAULT_MAX_BYTES,
         memory_budget: int = DEFAULT_BUDGET,
         plan_cache_size: int = 256,
+        fuel: bool = False,
     ) -> None:
         env = os.environ if environ is None else environ
-        self.engine = engine or make_engine()
-        disk = _disk_cache(disk_cache, self.engine, env, disk_cache_max_bytes)
+        self.fuel = fuel
+        self.engine = engine or make_engine(fuel)
+        self.ticker = EpochTicker(self.engine)
+        disk = _disk_cache(
+            disk_cache, self.engine, env, disk_cache_max_bytes, engine_settings(fuel)
+        )
         self.cache = ModuleCache(self.engine, memory_budget, disk)
         self.generated = GeneratedModules(self.engine, self.cache.compile)
         self.host_linker = make_host_linker(self.engine)
@@ -244,14 +260,37 @@ class Runtime:
             return self.cache.disk.clear()
         return 0
 
-    def instantiate(self, plan: LinkPlan, wasi: WasiOptions | None = None) -> InstanceSet:
-        """A fresh, initialised instance set (constructors of libraries run)."""
+    def instantiate(
+        self,
+        plan: LinkPlan,
+        wasi: WasiOptions | None = None,
+        limits: RunLimits | None = None,
+        control: RunControl | None = None,
+    ) -> InstanceSet:
+        """A fresh, initialised instance set (constructors of libraries run).
+
+        With ``limits.timeout`` or a ``control``, the instance set can be
+        interrupted (``RunInterrupted``) until it is dropped.
+        """
+        limits = limits or RunLimits()
+        if limits.fuel is not None and not self.fuel:
+            raise LimitError("a fuel limit needs a runtime created with fuel=True")
+        if control is None and limits.timeout is not None:
+            control = RunControl(limits.timeout)
         t0 = time.perf_counter()
         for pm in plan.modules:
             pm.image.module()  # compile, deserialize, or already in memory
         t1 = time.perf_counter()
         iset = InstanceSet(
-            plan, self.engine, self.host_linker, self.generated, (wasi or WasiOptions()).config()
+            plan,
+            self.engine,
+            self.host_linker,
+            self.generated,
+            (wasi or WasiOptions()).config(),
+            limits=limits,
+            control=control,
+            ticker=self.ticker,
+            fuel=self.fuel,
         )
         iset.timings["compile"] = t1 - t0
         iset.initialize()
@@ -267,6 +306,8 @@ class Runtime:
         stdin: str | None = None,
         stdout: str | None = None,
         stderr: str | None = None,
+        limits: RunLimits | None = None,
+        control: RunControl | None = None,
     ) -> RunResult:
         """Run a program to completion; returns its exit status and timings.
 
@@ -287,15 +328,20 @@ class Runtime:
             stdout=stdout,
             stderr=stderr,
         )
-        iset = self.instantiate(plan, wasi)
+        iset = self.instantiate(plan, wasi, limits, control)
         code = iset.run_start()
         timings = {**plan_timings, "plan": t1 - t0, **iset.timings}
         return RunResult(code, timings)
 
     def open_library(
-        self, library: str, options: LinkOptions | None = None, wasi: WasiOptions | None = None
+        self,
+        library: str,
+        options: LinkOptions | None = None,
+        wasi: WasiOptions | None = None,
+        limits: RunLimits | None = None,
+        control: RunControl | None = None,
     ) -> InstanceSet:
         """Load a shared library with its dependencies into a fresh instance
         set and run its constructors; call functions with ``.call``."""
         path = library if "/" in library else self._find_library(library)
-        return self.instantiate(self.plan(path, options), wasi)
+        return self.instantiate(self.plan(path, options), wasi, limits, control)

@@ -57,3 +57,12 @@ class GuestTrap(WasmrunError):
             lines.append("wasm backtrace:")
             lines.extend(f"  {i}: {frame}" for i, frame in enumerate(self.backtrace))
         return "\n".join(lines)
+
+
+class RunInterrupted(WasmrunError):
+    """The run was stopped from outside: ``reason`` is "timeout" or
+    "cancelled" (or another word a controller gave)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -10,6 +10,7 @@ program's ``_start`` (which runs the main module's own constructors).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import threading
@@ -22,7 +23,8 @@ from wasmtime._extern import wrap_extern
 from wasmtime._func import enter_wasm
 
 from . import codegen
-from .errors import GuestTrap, LoadError, SymbolError
+from .errors import GuestTrap, LimitError, LoadError, RunInterrupted, SymbolError, WasmrunError
+from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
 from .recipe import MODULE0, SRC_CORE, SRC_HOST_WASI, SRC_PLT, SRC_SHIM, SRC_STUBS, recipe_for
 from .wasmbin import FuncType
@@ -189,6 +191,10 @@ class InstanceSet:
         generated: GeneratedModules,
         wasi: wasmtime.WasiConfig,
         store: wasmtime.Store | None = None,
+        limits: RunLimits | None = None,
+        control: RunControl | None = None,
+        ticker: EpochTicker | None = None,
+        fuel: bool = False,
     ) -> None:
         self.plan = plan
         self.recipe = recipe_for(plan)
@@ -196,15 +202,60 @@ class InstanceSet:
         t0 = time.perf_counter()
         self.store = store if store is not None else wasmtime.Store(engine)
         self.store.set_wasi(wasi)
+        self.limits = limits or RunLimits()
+        self.control = control
+        self._ticker = ticker
+        self._epoch_callback = None
+        self._apply_limits(fuel)
         self.instances: list[wasmtime.Instance | None] = [None] * len(plan.modules)
         self._engine = engine
         self._host = host_linker
         self._generated = generated
         self._sources: list[wasmtime.Instance | None] = [None] * MODULE0
-        self._build()
+        try:
+            self._build()
+        except wasmtime.Trap as e:
+            raise self._failure(e) from None
+        except wasmtime.WasmtimeError as e:
+            if self.limits.memory_bytes is not None and "limit" in str(e):
+                need = plan.memory_pages * 65536
+                raise LimitError(
+                    f"{plan.root_module.image.display}: needs {need} bytes of memory at start, "
+                    f"over the run's memory limit of {self.limits.memory_bytes} bytes"
+                ) from None
+            raise SymbolError(f"cannot instantiate: {_trap_reason(str(e))}") from None
         self.timings["instantiate"] = time.perf_counter() - t0
 
     # -- construction ---------------------------------------------------------
+
+    def _apply_limits(self, fuel: bool) -> None:
+        store, limits = self.store, self.limits
+        if limits.memory_bytes is not None:
+            store.set_limits(memory_size=limits.memory_bytes)
+        if fuel:
+            store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
+        if self.control is not None:
+            self._epoch_callback = install_epoch_check(store, self.control)
+        else:
+            store.set_epoch_deadline(1 << 62)  # never, whatever the epoch
+
+    def _guest(self):
+        """Context for guest execution: keeps the epoch ticking if this run
+        can be interrupted."""
+        if self.control is not None and self._ticker is not None:
+            return self._ticker
+        return contextlib.nullcontext()
+
+    def _failure(self, err: BaseException) -> WasmrunError:
+        """The error to raise for a trap: an interruption if the controller
+        asked for one, otherwise the guest's own trap."""
+        reason = self.control.reason if self.control is not None else None
+        if reason is not None:
+            return RunInterrupted(reason, _trap_reason(str(err)))
+        trap = format_trap(err)
+        if self.limits.fuel is not None and "all fuel consumed" in trap.message:
+            return RunInterrupted("fuel", f"run ran out of fuel ({self.limits.fuel} units)")
+        return trap
 
     def _build(self) -> None:
         plan, store, r, gen = self.plan, self.store, self.recipe, self._generated
@@ -365,27 +416,31 @@ class InstanceSet:
     def initialize(self) -> None:
         """TLS, data relocations, then library constructors (dependencies first)."""
         t0 = time.perf_counter()
-        plan, store = self.plan, self.store
         try:
-            for mi in plan.inst_order:
-                pm = plan.modules[mi]
-                if pm.tls_base is not None:
-                    get_export(store, self.instances[mi], "__wasm_init_tls")(store, pm.tls_base)
-            for mi in plan.inst_order:
-                f = self._own_export(mi, "__wasm_apply_data_relocs")
-                if f is not None:
-                    f(store)
-            for mi in plan.inst_order:
-                if mi == plan.root and plan.modules[mi].image.is_executable:
-                    continue  # _start runs the program's own constructors
-                f = self._own_export(mi, "__wasm_call_ctors") or self._own_export(mi, "_initialize")
-                if f is not None:
-                    f(store)
+            with self._guest():
+                self._initialize()
         except wasmtime.ExitTrap:
             raise
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            raise format_trap(e) from None
+            raise self._failure(e) from None
         self.timings["init"] = time.perf_counter() - t0
+
+    def _initialize(self) -> None:
+        plan, store = self.plan, self.store
+        for mi in plan.inst_order:
+            pm = plan.modules[mi]
+            if pm.tls_base is not None:
+                get_export(store, self.instances[mi], "__wasm_init_tls")(store, pm.tls_base)
+        for mi in plan.inst_order:
+            f = self._own_export(mi, "__wasm_apply_data_relocs")
+            if f is not None:
+                f(store)
+        for mi in plan.inst_order:
+            if mi == plan.root and plan.modules[mi].image.is_executable:
+                continue  # _start runs the program's own constructors
+            f = self._own_export(mi, "__wasm_call_ctors") or self._own_export(mi, "_initialize")
+            if f is not None:
+                f(store)
 
     def _own_export(self, mi: int, name: str) -> wasmtime.Func | None:
         if name not in self.plan.modules[mi].image.info.exports:
@@ -402,12 +457,13 @@ class InstanceSet:
             )
         t0 = time.perf_counter()
         try:
-            start(self.store)
+            with self._guest():
+                start(self.store)
             return 0
         except wasmtime.ExitTrap as e:
             return e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            raise format_trap(e) from None
+            raise self._failure(e) from None
         finally:
             self.timings["run"] = time.perf_counter() - t0
 
@@ -427,11 +483,12 @@ class InstanceSet:
         if not isinstance(f, wasmtime.Func):
             raise SymbolError(f"undefined symbol: {symbol} (function)")
         try:
-            r = f(self.store, *args)
+            with self._guest():
+                r = f(self.store, *args)
         except wasmtime.ExitTrap:
             raise
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            raise format_trap(e) from None
+            raise self._failure(e) from None
         if r is None:
             return []
         return list(r) if isinstance(r, tuple | list) else [r]

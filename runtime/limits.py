@@ -1,0 +1,127 @@
+"""Per-run limits and cancellation: memory, wall-clock timeout, fuel.
+
+A guest in an infinite loop never returns to Python, so timeouts and
+cancellation use wasmtime's epoch interruption: a ticker thread advances the
+engine's epoch every ``TICK`` seconds while controlled runs exist, and each
+controlled store has a deadline one tick ahead with a callback that either
+extends it (the run may go on) or traps (timed out or cancelled). The check
+costs one Python call per tick per running store; guest code pays only
+wasmtime's epoch check at loop heads and function entries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from typing import Final
+
+import attrs
+import wasmtime
+from wasmtime import _ffi as ffi
+
+TICK: Final = 0.01  # seconds between epoch increments
+_UPDATE_DEADLINE_CONTINUE: Final = 0  # wasmtime_update_deadline_kind_t
+
+
+@attrs.frozen
+class RunLimits:
+    """Limits of one run; ``None`` means unlimited."""
+
+    memory_bytes: int | None = None  # linear memory (Store limits)
+    timeout: float | None = None  # wall-clock seconds
+    fuel: int | None = None  # wasmtime fuel units (needs a Runtime(fuel=True))
+
+
+class RunControl:
+    """A thread-safe handle to stop a run from outside (client gone, Ctrl-C)."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+        self.timeout = timeout
+        self._reason: str | None = None
+        self._lock = threading.Lock()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run must stop: "cancelled"/"timeout"/..., or None."""
+        with self._lock:
+            if self._reason is None and self.deadline is not None:
+                if time.monotonic() >= self.deadline:
+                    self._reason = "timeout"
+            return self._reason
+
+
+class EpochTicker:
+    """Advances an engine's epoch while at least one controlled run is live."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self.engine = engine
+        self._users = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> EpochTicker:
+        with self._cond:
+            self._users += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="wasmrun-epoch", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._users -= 1
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._users == 0:
+                    self._cond.wait()
+            time.sleep(TICK)
+            self.engine.increment_epoch()
+
+
+# wasmtime_store_epoch_deadline_callback's C signature.
+_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
+
+
+def _error_ptr(message: str) -> int:
+    raw = message.encode("utf-8")
+    err = ffi.wasmtime_error_new(ctypes.create_string_buffer(raw))
+    return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+
+def install_epoch_check(store: wasmtime.Store, control: RunControl) -> object:
+    """Trap the store's guest code once ``control`` says stop; returns the
+    callback object, which the caller must keep alive while the store runs."""
+
+    def on_deadline(_ctx, _data, delta, kind) -> int:
+        reason = control.reason
+        if reason is None:
+            delta[0] = 1
+            kind[0] = _UPDATE_DEADLINE_CONTINUE
+            return 0
+        if reason == "timeout":
+            return _error_ptr(f"run timed out after {control.timeout:g} s")
+        return _error_ptr(f"run {reason}")
+
+    callback = _CALLBACK(on_deadline)
+    store.set_epoch_deadline(1)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
+    return callback
