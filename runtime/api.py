@@ -291,6 +291,7 @@ class Runtime:
             control=control,
             ticker=self.ticker,
             fuel=self.fuel,
+            loader=(self.cache, self.search),
         )
         iset.timings["compile"] = t1 - t0
         iset.initialize()

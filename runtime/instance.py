@@ -26,7 +26,15 @@ from . import codegen
 from .errors import GuestTrap, LimitError, LoadError, RunInterrupted, SymbolError, WasmrunError
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
-from .recipe import MODULE0, SRC_CORE, SRC_HOST_WASI, SRC_PLT, SRC_SHIM, SRC_STUBS, recipe_for
+from .recipe import (
+    MODULE0,
+    SRC_CORE,
+    SRC_HOST_WASI,
+    SRC_PLT,
+    SRC_SHIM,
+    SRC_STUBS,
+    recipe_for,
+)
 from .wasmbin import FuncType
 
 _VALTYPES = {
@@ -195,6 +203,7 @@ class InstanceSet:
         control: RunControl | None = None,
         ticker: EpochTicker | None = None,
         fuel: bool = False,
+        loader: tuple | None = None,
     ) -> None:
         self.plan = plan
         self.recipe = recipe_for(plan)
@@ -206,6 +215,8 @@ class InstanceSet:
         self.control = control
         self._ticker = ticker
         self._epoch_callback = None
+        self._loader = loader  # (ModuleCache, SearchPath) for guest dlopen
+        self._dynamic = None
         self._apply_limits(fuel)
         self.instances: list[wasmtime.Instance | None] = [None] * len(plan.modules)
         self._engine = engine
@@ -249,6 +260,10 @@ class InstanceSet:
     def _failure(self, err: BaseException) -> WasmrunError:
         """The error to raise for a trap: an interruption if the controller
         asked for one, otherwise the guest's own trap."""
+        if isinstance(err, WasmrunError):
+            return err
+        if not isinstance(err, wasmtime.WasmtimeError | wasmtime.Trap):
+            return WasmrunError(f"internal error: {type(err).__name__}: {err}")
         reason = self.control.reason if self.control is not None else None
         if reason is not None:
             return RunInterrupted(reason, _trap_reason(str(err)))
@@ -297,6 +312,20 @@ class InstanceSet:
             core_g.set_value(store, wasmtime.Val.i32(_signed(glob.value(store) + base)))
 
     @property
+    def dynamic(self):
+        """The run-time loader (guest dlopen) of this instance set."""
+        if self._dynamic is None:
+            from .dlopen import DynamicLinker
+
+            if self._loader is None:
+                raise LoadError("this instance set was created without a loader")
+            self._dynamic = DynamicLinker(self, *self._loader)
+        return self._dynamic
+
+    def core_global(self, index: int) -> wasmtime.Global:
+        return get_export(self.store, self._sources[SRC_CORE], f"g{index}")
+
+    @property
     def memory(self) -> wasmtime.Memory:
         """The program's linear memory."""
         return self._extern_at(self._memory_source())  # type: ignore[return-value]
@@ -334,11 +363,14 @@ class InstanceSet:
         refs = {
             slot: ctypes.byref(self._source(slot)._instance)
             for slot in {slot for slot, _ in sources}
-            if slot != SRC_HOST_WASI
+            if slot >= 0
         }
         for slot, name in sources:
-            if slot == SRC_HOST_WASI:
-                func = self._host.get(self.store, "wasi_snapshot_preview1", name)  # type: ignore
+            if slot < 0:
+                if slot == SRC_HOST_WASI:
+                    func = self._host.get(self.store, "wasi_snapshot_preview1", name)  # type: ignore
+                else:  # SRC_DYLD
+                    func = self.dynamic.host_function(name)  # type: ignore[arg-type]
                 ctypes.memmove(addr, ctypes.byref(func._as_extern()), _EXTERN_SIZE)
             elif not export_get(ctx, refs[slot], name, len(name), addr):
                 raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
@@ -421,7 +453,7 @@ class InstanceSet:
                 self._initialize()
         except wasmtime.ExitTrap:
             raise
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        except Exception as e:  # traps, and errors raised by host functions
             raise self._failure(e) from None
         self.timings["init"] = time.perf_counter() - t0
 
@@ -462,7 +494,7 @@ class InstanceSet:
             return 0
         except wasmtime.ExitTrap as e:
             return e.code
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        except Exception as e:  # traps, and errors raised by host functions
             raise self._failure(e) from None
         finally:
             self.timings["run"] = time.perf_counter() - t0
@@ -487,7 +519,7 @@ class InstanceSet:
                 r = f(self.store, *args)
         except wasmtime.ExitTrap:
             raise
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        except Exception as e:  # traps, and errors raised by host functions
             raise self._failure(e) from None
         if r is None:
             return []

@@ -64,6 +64,18 @@ B_WASI: Final = 5  # arg: WASI function name (export of the shim)
 B_TAG: Final = 6  # arg: tag index into LinkPlan.tags
 B_TRAP: Final = 7  # arg: index into LinkPlan.traps (host function that traps)
 B_EXPORT: Final = 8  # arg: (module index, export name), a non-function export
+B_HOST: Final = 9  # arg: name of a ``dyld`` host function (guest dlopen)
+
+# The dyld host module: toywasm's ABI (load_object, resolve_symbol) and ours.
+I32: Final = b"\x7f"
+DYLD_FUNCTIONS: Final = {
+    "load_object": FuncType((I32, I32, I32, I32), (I32,)),
+    "resolve_symbol": FuncType((I32, I32, I32, I32, I32), (I32,)),
+    "resolve_any": FuncType((I32, I32, I32, I32), (I32,)),
+    "close_object": FuncType((I32,), (I32,)),
+    "error": FuncType((I32, I32), (I32,)),
+    "describe": FuncType((I32, I32, I32, I32, I32, I32), (I32,)),
+}
 
 
 @attrs.frozen
@@ -133,6 +145,8 @@ class LinkPlan:
     tags: list[tuple[str, FuncType]]
     scope: dict[str, int]
     unresolved: list[tuple[str, str, str]]  # (importer, symbol, kind) non-weak misses
+    canonical: dict[tuple[int, int], int]  # (module, function index) -> table slot
+    global_index: dict[tuple, int]  # planned-global key -> index (e.g. ("sp",))
     options: LinkOptions
     recipe: object = None  # the Recipe built from this plan (see recipe.py), cached
     misses: list[str] = attrs.field(factory=list)  # search paths that held nothing
@@ -619,6 +633,13 @@ class _Resolver:
                     binds.append((B_GLOBAL, self._got_mem(mi, name, desc.mutable)))
                 else:
                     binds.append((B_GLOBAL, self._got_func(mi, name, desc.mutable)))
+            elif mod == "dyld" and kind == KIND_FUNC:
+                expected = DYLD_FUNCTIONS.get(name)
+                if expected is None or expected != desc:
+                    raise SymbolError(
+                        f"{image.display}: unknown dyld function {name} with type {desc}"
+                    )
+                binds.append((B_HOST, name))
             elif mod == "wasi_snapshot_preview1" and kind == KIND_FUNC:
                 assert isinstance(desc, FuncType)
                 prev = self.wasi.setdefault(name, desc)
@@ -678,5 +699,7 @@ class _Resolver:
             tags=list(self.tags.items()),
             scope=self.scope,
             unresolved=self.unresolved,
+            canonical=self.canonical,
+            global_index=self.global_keys,
             options=self.options,
         )

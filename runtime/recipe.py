@@ -31,6 +31,7 @@ from .plan import (
     B_DIRECT,
     B_EXPORT,
     B_GLOBAL,
+    B_HOST,
     B_MEMORY,
     B_PLT,
     B_TABLE,
@@ -43,6 +44,7 @@ from .wasmbin import FuncType
 
 # Source slots of the per-run instance list; module j is MODULE0 + j.
 SRC_HOST_WASI: Final = -1  # a WASI host function from the linker (non-PIE main only)
+SRC_DYLD: Final = -2  # a per-run dyld host function (guest dlopen)
 SRC_CORE: Final = 0
 SRC_SHIM: Final = 1
 SRC_PLT: Final = 2
@@ -140,6 +142,8 @@ def build_recipe(plan: LinkPlan) -> Recipe:
                 srcs.append(table_source())
             elif kind == B_TAG:
                 srcs.append((SRC_CORE, f"t{arg}".encode()))
+            elif kind == B_HOST:
+                srcs.append((SRC_DYLD, arg))  # type: ignore[arg-type]
             else:  # pragma: no cover - the planner produces only the kinds above
                 raise AssertionError(f"unknown binding kind {kind}")
         imports.append(tuple(srcs))

@@ -1,0 +1,911 @@
+"""Guest ``dlopen``: loading libraries into a running instance set.
+
+The guest reaches this through the host module ``dyld`` (see
+``toolchain/libdl/libdl.c`` for the C side):
+
+* ``load_object(name_ptr, name_len, flags, handle_out) -> i32`` and
+  ``resolve_symbol(handle, symtype, name_ptr, name_len, addr_out) -> i32``
+  are toywasm's ABI (symtype 1 = function, a table index; 2 = data, an
+  address; flags 0 = RTLD_NOW|RTLD_GLOBAL), so libdl builds for toywasm run
+  unchanged;
+* ``resolve_any``, ``close_object``, ``error`` and ``describe`` complete a
+  real libdl: dlsym without knowing the kind, dlclose, dlerror, dladdr.
+
+Return values are 0 for success or an errno value; the text of the last
+failure is kept for ``error`` (dlerror).
+
+What happens on load mirrors ld.so: the library and the NEEDED libraries not
+yet loaded are laid out in memory taken by *growing* the memory (never memory
+the program's allocator owns, and never assuming the size is unchanged since
+start), instantiated dependencies first, their GOT and PLT filled, data
+relocations applied and constructors run. Symbols resolve through the global
+scope (the program, its load-time libraries, RTLD_GLOBAL libraries) and then
+the library's own dependency tree. RTLD_LOCAL libraries stay out of the
+global scope. An RTLD_GLOBAL library can satisfy lazily bound functions that
+were missing so far. ``dlclose`` at refcount zero runs the destructors the
+library registered with ``__cxa_atexit``, removes its symbols from lookup and
+returns its memory region to a free list for later loads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import wasmtime
+
+from . import codegen
+from .cache import ModuleCache
+from .dylink import SYMBOL_TLS
+from .errors import LoadError, WasmrunError
+from .module import ModuleImage
+from .plan import DYLD_FUNCTIONS, LAYOUT_SYMBOLS, PAGE, SCOPE_EXCLUDED
+from .search import SearchPath
+from .wasmbin import KIND_FUNC, KIND_GLOBAL, KIND_MEMORY, KIND_TABLE, KIND_TAG, FuncType
+
+if TYPE_CHECKING:
+    from .instance import InstanceSet
+
+RTLD_LAZY = 1
+RTLD_NOW = 2
+RTLD_NOLOAD = 4
+RTLD_LOCAL = 8
+RTLD_GLOBAL = 0x100
+RTLD_NODELETE = 0x1000
+
+SYMTYPE_FUNC = 1
+SYMTYPE_DATA = 2
+
+
+class DlError(WasmrunError):
+    """A dlopen/dlsym failure: reported to the guest through dlerror."""
+
+    def __init__(self, message: str, code: int = errno.ENOENT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DynModule:
+    """One module of the running program (load-time or dlopen'ed)."""
+
+    def __init__(
+        self,
+        image: ModuleImage,
+        instance: wasmtime.Instance | None,
+        memory_base: int,
+        table_base: int,
+        tls_base: int | None,
+        dynamic: bool,
+    ) -> None:
+        self.image = image
+        self.instance = instance
+        self.memory_base = memory_base
+        self.table_base = table_base
+        self.tls_base = tls_base
+        self.dynamic = dynamic
+        self.region: tuple[int, int] | None = None  # (start, size) of dlopen memory
+        self.needed: list[int] = []
+        self.closed = False
+        self.dtors: list[tuple[int, int]] = []  # (function slot, argument)
+
+    @property
+    def dso_handle(self) -> int:
+        return self.memory_base
+
+
+class Handle:
+    def __init__(self, root: int, local_scope: list[int], flags: int) -> None:
+        self.root = root
+        self.local_scope = local_scope
+        self.refs = 1
+        self.flags = flags
+        self.is_global = bool(flags & RTLD_GLOBAL) or flags == 0
+
+
+def _align(x: int, log2: int) -> int:
+    a = 1 << log2
+    return (x + a - 1) & ~(a - 1)
+
+
+class DynamicLinker:
+    """Run-time loading for one instance set. Not thread-safe (one run)."""
+
+    def __init__(self, iset: InstanceSet, cache: ModuleCache, search: SearchPath) -> None:
+        self.iset = iset
+        self.cache = cache
+        self.search = search
+        self.store = iset.store
+        plan = iset.plan
+        self.modules = [
+            DynModule(
+                pm.image, iset.instances[i], pm.memory_base, pm.table_base, pm.tls_base, False
+            )
+            for i, pm in enumerate(plan.modules)
+        ]
+        for i, pm in enumerate(plan.modules):
+            self.modules[i].needed = list(pm.needed)
+        self.global_dynamic: list[int] = []  # RTLD_GLOBAL modules, in load order
+        self.handles: dict[int, Handle] = {}
+        self.handle_of_root: dict[int, int] = {}
+        self.next_handle = 1
+        self.canonical: dict[tuple[int, int], int] = dict(plan.canonical)
+        self.by_file: dict[tuple[int, int], int] = {}
+        for i, m in enumerate(self.modules):
+            key = self._file_key(m.image.path)
+            if key is not None:
+                self.by_file.setdefault(key, i)
+        self.free_regions: list[tuple[int, int]] = []
+        self.last_error: str | None = None
+        self.lazy: dict[str, list[tuple[wasmtime.Table, int, FuncType]]] = {}
+        self._host_funcs: dict[str, wasmtime.Func] = {}
+        self._keep: list[object] = []  # PLT instances etc. kept alive with the run
+        self._register_lazy_from_plan()
+
+    # -- host functions -------------------------------------------------------
+
+    def host_function(self, name: str) -> wasmtime.Func:
+        """The ``dyld.<name>`` function bound to this run."""
+        func = self._host_funcs.get(name)
+        if func is None:
+            impl: Callable[..., int] = getattr(self, f"_dyld_{name}")
+            ft = DYLD_FUNCTIONS[name]
+            wt = wasmtime.FuncType(
+                [wasmtime.ValType.i32() for _ in ft.params], [wasmtime.ValType.i32()]
+            )
+            func = wasmtime.Func(self.store, wt, impl)
+            self._host_funcs[name] = func
+        return func
+
+    def _mem(self) -> wasmtime.Memory:
+        return self.iset.memory
+
+    def _read_str(self, ptr: int, length: int) -> str:
+        if length < 0 or length > 4096:
+            raise DlError(f"invalid name length {length}", errno.EINVAL)
+        raw = bytes(self._mem().read(self.store, ptr, ptr + length))
+        return raw.decode("utf-8", "replace")
+
+    def _write_u32(self, ptr: int, value: int) -> None:
+        self._mem().write(self.store, (value & 0xFFFFFFFF).to_bytes(4, "little"), ptr)
+
+    def _sync(self) -> None:
+        """Pick up load-time instances created after this loader was (it is
+        made while the program's modules are still being instantiated)."""
+        for i, inst in enumerate(self.iset.instances):
+            if self.modules[i].instance is None and inst is not None:
+                self.modules[i].instance = inst
+
+    def _guarded(self, fn: Callable[[], int]) -> int:
+        """Run a dyld call: failures become an errno for the guest and a
+        message for dlerror; a trap raised by guest code (a constructor) goes
+        on to the guest."""
+        self._sync()
+        try:
+            return fn()
+        except DlError as e:
+            self.last_error = str(e)
+            return e.code
+        except LoadError as e:
+            self.last_error = str(e)
+            return errno.ENOEXEC
+        except (wasmtime.Trap, wasmtime.WasmtimeError):
+            raise  # a trap inside a constructor: the guest sees it as a trap
+        except WasmrunError as e:
+            self.last_error = str(e)
+            return errno.EIO
+        except Exception as e:  # a bug of ours must not kill the run silently
+            self.last_error = f"internal error in the dynamic linker: {type(e).__name__}: {e}"
+            return errno.EIO
+
+    def _dyld_load_object(self, name_ptr: int, name_len: int, flags: int, out: int) -> int:
+        def go() -> int:
+            name = self._read_str(name_ptr, name_len)
+            handle = self.dlopen(name, flags)
+            self._write_u32(out, handle)
+            return 0
+
+        return self._guarded(go)
+
+    def _dyld_resolve_symbol(self, handle: int, symtype: int, np: int, nl: int, out: int) -> int:
+        def go() -> int:
+            name = self._read_str(np, nl)
+            if symtype not in (SYMTYPE_FUNC, SYMTYPE_DATA):
+                raise DlError(f"invalid symbol type {symtype}", errno.EINVAL)
+            self._write_u32(out, self.dlsym(handle, name, symtype))
+            return 0
+
+        return self._guarded(go)
+
+    def _dyld_resolve_any(self, handle: int, np: int, nl: int, out: int) -> int:
+        def go() -> int:
+            self._write_u32(out, self.dlsym(handle, self._read_str(np, nl), None))
+            return 0
+
+        return self._guarded(go)
+
+    def _dyld_close_object(self, handle: int) -> int:
+        return self._guarded(lambda: self.dlclose(handle))
+
+    def _dyld_error(self, buf: int, cap: int) -> int:
+        if self.last_error is None:
+            return 0
+        raw = self.last_error.encode("utf-8")
+        self.last_error = None
+        if cap > 0:
+            chunk = raw[: cap - 1] + b"\0"
+            self._mem().write(self.store, chunk, buf)
+        return len(raw)
+
+    def _dyld_describe(
+        self, addr: int, fbuf: int, fcap: int, sbuf: int, scap: int, out: int
+    ) -> int:
+        def go() -> int:
+            found = self.dladdr(addr)
+            if found is None:
+                raise DlError(f"no loaded object contains address {addr:#x}", errno.ENOENT)
+            fname, base, sname, saddr = found
+            for text, ptr, cap in ((fname, fbuf, fcap), (sname or "", sbuf, scap)):
+                if cap > 0:
+                    self._mem().write(self.store, text.encode()[: cap - 1] + b"\0", ptr)
+            self._write_u32(out, base)
+            self._write_u32(out + 4, saddr)
+            self._write_u32(out + 8, 1 if sname else 0)
+            return 0
+
+        return self._guarded(go)
+
+    # -- lookup -----------------------------------------------------------------
+
+    @staticmethod
+    def _file_key(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _scope_lookup(self, name: str, scope: list[int], want: int | None) -> int | None:
+        for mi in scope:
+            m = self.modules[mi]
+            if m.closed:
+                continue
+            exp = m.image.info.exports.get(name)
+            if exp is not None and name not in SCOPE_EXCLUDED:
+                if want is None or exp.kind == want:
+                    return mi
+        return None
+
+    def _global_lookup(self, name: str, want: int | None) -> int | None:
+        owner = self.iset.plan.scope.get(name)
+        if owner is not None:
+            kind = self.modules[owner].image.info.exports[name].kind
+            if want is None or kind == want:
+                return owner
+        return self._scope_lookup(name, self.global_dynamic, want)
+
+    def _lookup(self, name: str, local: list[int], want: int | None) -> int | None:
+        owner = self._global_lookup(name, want)
+        return owner if owner is not None else self._scope_lookup(name, local, want)
+
+    def _func_slot(self, owner: int, name: str) -> int:
+        """The canonical table slot of an exported function (assigned on demand)."""
+        m = self.modules[owner]
+        funcidx = m.image.info.exports[name].index
+        slot = self.canonical.get((owner, funcidx))
+        if slot is None:
+            table = self.iset.table
+            slot = table.size(self.store)
+            table.grow(self.store, 1, None)
+            table.set(self.store, slot, self._export(owner, name))
+            self.canonical[(owner, funcidx)] = slot
+        return slot
+
+    def _export(self, owner: int, name: str):
+        from .instance import get_export
+
+        return get_export(self.store, self.modules[owner].instance, name)
+
+    def _data_address(self, owner: int, name: str) -> int:
+        m = self.modules[owner]
+        base = m.memory_base
+        if m.image.dylink is not None and m.image.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
+            base = m.tls_base or 0
+        value = m.image.export_value(name, base, m.table_base)
+        if value is None:
+            glob = self._export(owner, name)
+            value = (glob.value(self.store) + base) & 0xFFFFFFFF
+        return value
+
+    # -- dlopen -------------------------------------------------------------------
+
+    def _resolve_path(self, name: str) -> str:
+        """ld.so rules, confined to the search roots: a bare name goes through
+        the search path; a name with '/' is taken relative to each root and
+        may not leave it."""
+        if not name or "\0" in name:
+            raise DlError("empty library name", errno.EINVAL)
+        main = self.modules[self.iset.plan.root].image
+        rpath = main.dylink.runtime_path if main.dylink else ()
+        roots = self.search.candidates("", main.path, rpath)
+        roots = [os.path.realpath(os.path.dirname(r) if r.endswith("/") else r) for r in roots]
+        if "/" not in name:
+            found = self.search.find(name, main.path, rpath)
+            if found is None:
+                raise DlError(f"{name}: cannot open shared object file: No such file or directory")
+            return found
+        parts = name.split("/")
+        if ".." in parts:
+            raise DlError(
+                f"{name}: refusing a path with '..' (outside the library search path)", errno.EACCES
+            )
+        candidates = []
+        for root in dict.fromkeys(roots):
+            cand = os.path.realpath(name if os.path.isabs(name) else os.path.join(root, name))
+            if cand == root or not cand.startswith(root.rstrip("/") + "/"):
+                continue
+            candidates.append(cand)
+        if not candidates:
+            raise DlError(f"{name}: refusing a path outside the library search path", errno.EACCES)
+        for cand in candidates:
+            if os.path.isfile(cand):
+                return cand
+        raise DlError(f"{name}: cannot open shared object file: No such file or directory")
+
+    def dlopen(self, name: str, flags: int) -> int:
+        if flags == 0:
+            flags = RTLD_NOW | RTLD_GLOBAL  # toywasm's libdl passes 0
+        path = self._resolve_path(name)
+        key = self._file_key(path)
+        existing = self.by_file.get(key) if key is not None else None
+        if existing is not None and not self.modules[existing].closed:
+            return self._reopen(existing, flags)
+        if flags & RTLD_NOLOAD:
+            raise DlError(f"{name}: not loaded (RTLD_NOLOAD)")
+        root = self._load_group(path, name, flags)
+        return self._new_handle(root, flags)
+
+    def _reopen(self, mi: int, flags: int) -> int:
+        hid = self.handle_of_root.get(mi)
+        if hid is None:
+            local = self._local_scope(mi)
+            return self._new_handle(mi, flags, local)
+        h = self.handles[hid]
+        h.refs += 1
+        if flags & RTLD_NODELETE:
+            h.flags |= RTLD_NODELETE
+        if flags & RTLD_GLOBAL and not h.is_global:
+            h.is_global = True  # promotion, as ld.so does
+            for m in h.local_scope:
+                if self.modules[m].dynamic and m not in self.global_dynamic:
+                    self.global_dynamic.append(m)
+            self._resolve_lazy()
+        return hid
+
+    def _new_handle(self, root: int, flags: int, local: list[int] | None = None) -> int:
+        hid = self.next_handle
+        self.next_handle += 1
+        h = Handle(root, local if local is not None else self._local_scope(root), flags)
+        self.handles[hid] = h
+        self.handle_of_root[root] = hid
+        if h.is_global:
+            for m in h.local_scope:
+                if self.modules[m].dynamic and m not in self.global_dynamic:
+                    self.global_dynamic.append(m)
+            self._resolve_lazy()
+        return hid
+
+    def _local_scope(self, root: int) -> list[int]:
+        order, seen = [root], {root}
+        i = 0
+        while i < len(order):
+            for d in self.modules[order[i]].needed:
+                if d not in seen:
+                    seen.add(d)
+                    order.append(d)
+            i += 1
+        return order
+
+    def _load_group(self, path: str, name: str, flags: int) -> int:
+        # 1. The closure of not-yet-loaded modules, breadth first.
+        new: list[int] = []
+        root = self._add_module(path, name, new)
+        i = 0
+        while i < len(new):
+            m = self.modules[new[i]]
+            rpath = m.image.dylink.runtime_path if m.image.dylink else ()
+            for dep in m.image.needed:
+                found = self.search.find(dep, m.image.path, rpath)
+                if found is None:
+                    raise DlError(
+                        f"{dep}: cannot open shared object file: No such file or directory "
+                        f"(needed by {m.image.display})"
+                    )
+                j = self._add_module(found, dep, new)
+                if j not in m.needed:
+                    m.needed.append(j)
+            i += 1
+        try:
+            self._layout(new)
+            order = self._dfs_order(root, set(new))
+            local = self._local_scope(root)
+            self._instantiate_group(order, local, flags)
+        except BaseException:
+            for mi in new:  # a failed load leaves nothing visible behind
+                self.modules[mi].closed = True
+                key = self._file_key(self.modules[mi].image.path)
+                if key is not None and self.by_file.get(key) == mi:
+                    del self.by_file[key]
+                if self.modules[mi].region is not None:
+                    self.free_regions.append(self.modules[mi].region)  # type: ignore[arg-type]
+            raise
+        return root
+
+    def _add_module(self, path: str, name: str, new: list[int]) -> int:
+        key = self._file_key(path)
+        if key is not None and key in self.by_file and not self.modules[self.by_file[key]].closed:
+            return self.by_file[key]
+        image = self.cache.load(path, name)
+        if image.kind != "pic" or image.dylink is None:
+            raise DlError(f"{path}: not a shared library (no dylink.0 section)", errno.ENOEXEC)
+        image.module()
+        mi = len(self.modules)
+        self.modules.append(DynModule(image, None, 0, 0, None, True))
+        if key is not None:
+            self.by_file[key] = mi
+        new.append(mi)
+        return mi
+
+    def _dfs_order(self, root: int, new: set[int]) -> list[int]:
+        order: list[int] = []
+        seen: set[int] = set()
+
+        def visit(mi: int) -> None:
+            seen.add(mi)
+            for d in self.modules[mi].needed:
+                if d in new and d not in seen:
+                    visit(d)
+            order.append(mi)
+
+        visit(root)
+        for mi in sorted(new):
+            if mi not in seen:
+                visit(mi)
+        return order
+
+    def _layout(self, new: list[int]) -> None:
+        """Memory from a freed region or from growing memory; table slots
+        from growing the table."""
+        mem, table, store = self._mem(), self.iset.table, self.store
+        limit = self.iset.limits.memory_bytes
+        for mi in new:
+            m = self.modules[mi]
+            dl = m.image.dylink
+            assert dl is not None
+            size = dl.mem_size
+            tls_size = tls_align = 0
+            if "__wasm_init_tls" in m.image.info.exports:
+                tls_size = m.image.export_value("__tls_size", 0, 0) or 0
+                tls_align = m.image.export_value("__tls_align", 0, 0) or 1
+            align = max(1 << dl.mem_align, tls_align or 1, 16)
+            need = size + tls_size + 2 * align
+            start = self._take_free(need)
+            if start is None:
+                old = mem.size(store) * PAGE
+                pages = -(-need // PAGE)
+                if limit is not None and old + pages * PAGE > limit:
+                    raise DlError(
+                        f"{m.image.display}: needs {need} bytes of memory, over the run's "
+                        f"memory limit of {limit} bytes",
+                        errno.ENOMEM,
+                    )
+                try:
+                    mem.grow(store, pages)
+                except wasmtime.WasmtimeError:
+                    raise DlError(
+                        f"{m.image.display}: cannot grow memory by {pages} pages", errno.ENOMEM
+                    ) from None
+                start = old
+            m.region = (start, need)
+            m.memory_base = _align(start, dl.mem_align)
+            if tls_size:
+                m.tls_base = (m.memory_base + size + tls_align - 1) // tls_align * tls_align
+            t0 = table.size(store)
+            m.table_base = _align(t0, dl.table_align)
+            grow = m.table_base + dl.table_size - t0
+            if grow:
+                table.grow(store, grow, None)
+
+    def _take_free(self, need: int) -> int | None:
+        for i, (start, size) in enumerate(self.free_regions):
+            if size >= need:
+                del self.free_regions[i]
+                if size > need:
+                    self.free_regions.append((start + need, size - need))
+                self._mem().write(self.store, bytes(need), start)  # zero, as for new memory
+                return start
+        return None
+
+    # -- instantiation ------------------------------------------------------------
+
+    def _instantiate_group(self, order: list[int], local: list[int], flags: int) -> None:
+        bind_now = bool(flags & RTLD_NOW) or flags == 0
+        store = self.store
+        i32 = wasmtime.ValType.i32()
+        missing: list[str] = []
+        pending_slots: list[
+            tuple[int, int, str]
+        ] = []  # GOT.func slots to fill: (slot, owner, name)
+        plt_fills: list[tuple[wasmtime.Table, int, FuncType, int | None, str, str]] = []
+
+        def global_(mutable: bool, value: int) -> wasmtime.Global:
+            v = value & 0xFFFFFFFF
+            v = v - (1 << 32) if v & 0x80000000 else v
+            return wasmtime.Global(store, wasmtime.GlobalType(i32, mutable), wasmtime.Val.i32(v))
+
+        for mi in order:
+            m = self.modules[mi]
+            image = m.image
+            externs: list = []
+            stubs: list[tuple[int, FuncType, int | None, str]] = []  # (pos, type, owner, name)
+            for pos, imp in enumerate(image.info.imports):
+                mod, name, kind, desc = imp.module, imp.name, imp.kind, imp.desc
+                weak = image.dylink is not None and image.dylink.is_weak_import(mod, name)
+                if mod == "env" and kind == KIND_MEMORY:
+                    externs.append(self._mem())
+                elif mod == "env" and kind == KIND_TABLE:
+                    externs.append(self.iset.table)
+                elif mod == "env" and kind == KIND_TAG:
+                    externs.append(self._tag(name, desc))  # type: ignore[arg-type]
+                elif mod == "env" and kind == KIND_GLOBAL:
+                    externs.append(self._env_global(m, name, desc.mutable, global_))  # type: ignore
+                elif mod == "GOT.mem":
+                    value = self._got_mem(m, name, local, weak, missing)
+                    externs.append(global_(desc.mutable, value))  # type: ignore[union-attr]
+                elif mod == "GOT.func":
+                    slot = self._got_func(m, name, local, weak, missing, pending_slots)
+                    externs.append(global_(desc.mutable, slot))  # type: ignore[union-attr]
+                elif mod == "wasi_snapshot_preview1":
+                    externs.append(self._wasi(name))
+                elif mod == "dyld":
+                    externs.append(self.host_function(name))
+                elif mod == "env" and kind == KIND_FUNC:
+                    assert isinstance(desc, FuncType)
+                    if name == "__cxa_atexit" and desc == FuncType((b"\x7f",) * 3, (b"\x7f",)):
+                        externs.append(self._atexit_func())
+                        continue
+                    owner = self._lookup(name, local, KIND_FUNC)
+                    if owner is not None:
+                        om = self.modules[owner]
+                        eft = om.image.info.func_type(om.image.info.exports[name].index)
+                        if eft != desc:
+                            raise DlError(
+                                f"{image.display}: symbol {name} has type {desc} but "
+                                f"{om.image.display} defines it as {eft}",
+                                errno.ENOEXEC,
+                            )
+                        if om.instance is not None:
+                            externs.append(self._export(owner, name))
+                            continue
+                    elif weak:
+                        externs.append(self._trap(desc, f"call to undefined weak function {name}"))
+                        continue
+                    elif bind_now:
+                        missing.append(f"{image.display}: undefined symbol: {name} (function)")
+                    externs.append(None)
+                    stubs.append((pos, desc, owner, name))  # back-edge or lazily missing
+                else:
+                    raise DlError(f"{image.display}: unknown import {mod}.{name}", errno.ENOEXEC)
+            if missing:
+                raise DlError("symbol lookup error: " + "; ".join(missing), errno.ENOEXEC)
+            if stubs:
+                from .instance import get_export
+
+                types = tuple(ft for _, ft, _, _ in stubs)
+                plt = wasmtime.Instance(
+                    store,
+                    self.iset._generated.get(("plt", types), lambda t=types: codegen.plt_module(t)),
+                    [],
+                )
+                self._keep.append(plt)
+                plt_table = get_export(store, plt, "table")
+                for k, (pos, ft, owner, name) in enumerate(stubs):
+                    externs[pos] = get_export(store, plt, str(k))
+                    plt_fills.append((plt_table, k, ft, owner, name, image.display))
+            try:
+                m.instance = wasmtime.Instance(store, image.module(), externs)
+            except wasmtime.WasmtimeError as e:
+                msg = str(e).strip().splitlines()[0]
+                raise DlError(
+                    f"{image.display}: cannot instantiate: {msg}", errno.ENOEXEC
+                ) from None
+
+        for slot, owner, name in pending_slots:
+            self.iset.table.set(store, slot, self._export(owner, name))
+        for table, k, ft, owner, name, importer in plt_fills:
+            if owner is not None:
+                table.set(store, k, self._export(owner, name))
+            else:
+                msg = f"symbol lookup error: {importer}: undefined symbol: {name} (called lazily)"
+                table.set(store, k, self._trap(ft, msg))
+                self.lazy.setdefault(name, []).append((table, k, ft))
+
+        for mi in order:
+            m = self.modules[mi]
+            if m.tls_base is not None:
+                self._export(mi, "__wasm_init_tls")(store, m.tls_base)
+        for mi in order:
+            if "__wasm_apply_data_relocs" in self.modules[mi].image.info.exports:
+                self._export(mi, "__wasm_apply_data_relocs")(store)
+        for mi in order:
+            exports = self.modules[mi].image.info.exports
+            for init in ("__wasm_call_ctors", "_initialize"):
+                if init in exports:
+                    self._export(mi, init)(store)
+                    break
+
+    def _got_func(
+        self,
+        m: DynModule,
+        name: str,
+        local: list[int],
+        weak: bool,
+        missing: list[str],
+        pending: list[tuple[int, int, str]],
+    ) -> int:
+        owner = self._lookup(name, local, KIND_FUNC)
+        if owner is None:
+            if not weak:
+                missing.append(f"{m.image.display}: undefined symbol: {name} (function)")
+            return 0
+        if self.modules[owner].instance is not None:
+            return self._func_slot(owner, name)
+        funcidx = self.modules[owner].image.info.exports[name].index
+        slot = self.canonical.get((owner, funcidx))
+        if slot is None:
+            table = self.iset.table
+            slot = table.size(self.store)
+            table.grow(self.store, 1, None)
+            self.canonical[(owner, funcidx)] = slot
+            pending.append((slot, owner, name))
+        return slot
+
+    def _env_global(self, m: DynModule, name: str, mutable: bool, make) -> object:
+        plan = self.iset.plan
+        if name == "__stack_pointer":
+            if plan.nonpie:
+                return self._export(plan.root, "__stack_pointer")
+            return self.iset.core_global(plan.global_index[("sp",)])
+        if name == "__memory_base":
+            return make(mutable, m.memory_base)
+        if name == "__table_base":
+            return make(mutable, m.table_base)
+        if name == "__tls_base":
+            return make(mutable, m.tls_base or 0)
+        if name in LAYOUT_SYMBOLS:
+            return make(mutable, self._layout_value(m, name))
+        raise DlError(f"{m.image.display}: cannot resolve global import env.{name}", errno.ENOEXEC)
+
+    def _layout_value(self, m: DynModule, name: str) -> int:
+        plan = self.iset.plan
+        return {
+            "__heap_base": plan.heap_base,
+            "__heap_end": plan.heap_end,
+            "__stack_low": plan.stack_low,
+            "__stack_high": plan.stack_high,
+            "__dso_handle": m.dso_handle,
+        }[name]
+
+    def _got_mem(self, m: DynModule, name: str, local: list[int], weak: bool, missing: list) -> int:
+        if name in LAYOUT_SYMBOLS:
+            return self._layout_value(m, name)
+        owner = self._lookup(name, local, KIND_GLOBAL)
+        if owner is None:
+            if not weak:
+                missing.append(f"{m.image.display}: undefined symbol: {name} (data)")
+            return 0
+        om = self.modules[owner]
+        if om.instance is None:  # within the group: laid out already, value is static
+            base = om.memory_base
+            if om.image.dylink is not None and om.image.dylink.is_tls_export(name):
+                base = om.tls_base or 0
+            value = om.image.export_value(name, base, om.table_base)
+            if value is None:
+                raise DlError(f"{om.image.display}: cannot compute the address of {name}")
+            return value
+        return self._data_address(owner, name)
+
+    def _wasi(self, name: str):
+        from .instance import get_export
+        from .recipe import SRC_SHIM
+
+        shim = self.iset._sources[SRC_SHIM]
+        func = get_export(self.store, shim, name) if shim is not None else None
+        if func is None:
+            raise DlError(
+                f"WASI function {name} is not available to libraries loaded at run time "
+                "(the program imports no WASI function of that name)",
+                errno.ENOSYS,
+            )
+        return func
+
+    def _tag(self, name: str, ft: FuncType):
+        plan = self.iset.plan
+        for i, (tag_name, tag_type) in enumerate(plan.tags):
+            if tag_name == name and tag_type == ft:
+                from .instance import get_export
+                from .recipe import SRC_CORE
+
+                return get_export(self.store, self.iset._sources[SRC_CORE], f"t{i}")
+        from .instance import to_wasmtime_functype
+
+        tag = wasmtime.Tag(self.store, wasmtime.TagType(to_wasmtime_functype(ft)))
+        self._keep.append(tag)
+        return tag
+
+    def _trap(self, ft: FuncType, message: str) -> wasmtime.Func:
+        from .instance import to_wasmtime_functype
+
+        def trap(*_a):
+            raise wasmtime.Trap(message)
+
+        return wasmtime.Func(self.store, to_wasmtime_functype(ft), trap)
+
+    def _atexit_func(self) -> wasmtime.Func:
+        """``__cxa_atexit`` for libraries loaded at run time: destructors of a
+        dlopen'ed library are kept with it and run by dlclose; others go to
+        the C library as usual."""
+        func = self._host_funcs.get("__cxa_atexit")
+        if func is not None:
+            return func
+
+        def atexit(fn: int, arg: int, dso: int) -> int:
+            for m in self.modules:
+                if m.dynamic and not m.closed and m.dso_handle == dso:
+                    m.dtors.append((fn, arg))
+                    return 0
+            owner = self._global_lookup("__cxa_atexit", KIND_FUNC)
+            if owner is None:
+                return 0
+            return self._export(owner, "__cxa_atexit")(self.store, fn, arg, dso)
+
+        wt = wasmtime.FuncType([wasmtime.ValType.i32()] * 3, [wasmtime.ValType.i32()])
+        func = wasmtime.Func(self.store, wt, atexit)
+        self._host_funcs["__cxa_atexit"] = func
+        return func
+
+    def _register_lazy_from_plan(self) -> None:
+        """Load-time functions that were missing: a later RTLD_GLOBAL library
+        may provide them."""
+        from .instance import get_export
+        from .recipe import SRC_PLT
+
+        plan = self.iset.plan
+        plt = self.iset._sources[SRC_PLT]
+        if plt is not None:
+            table = get_export(self.store, plt, "table")
+            for i, stub in enumerate(plan.plt):
+                if stub.target is None:
+                    self.lazy.setdefault(stub.symbol, []).append((table, i, stub.type))
+
+    def _resolve_lazy(self) -> None:
+        for name in list(self.lazy):
+            owner = self._global_lookup(name, KIND_FUNC)
+            if owner is None:
+                continue
+            om = self.modules[owner]
+            eft = om.image.info.func_type(om.image.info.exports[name].index)
+            remaining = []
+            for table, slot, ft in self.lazy[name]:
+                if ft == eft:
+                    table.set(self.store, slot, self._export(owner, name))
+                else:
+                    remaining.append((table, slot, ft))
+            if remaining:
+                self.lazy[name] = remaining
+            else:
+                del self.lazy[name]
+
+    # -- dlsym, dlclose, dladdr ---------------------------------------------------
+
+    def dlsym(self, handle: int, name: str, symtype: int | None) -> int:
+        want = {SYMTYPE_FUNC: KIND_FUNC, SYMTYPE_DATA: KIND_GLOBAL, None: None}[symtype]
+        if handle == 0:
+            owner = self._global_lookup(name, want)
+            where = "the global scope"
+        else:
+            h = self.handles.get(handle)
+            if h is None:
+                raise DlError(f"invalid handle {handle}", errno.EINVAL)
+            owner = self._scope_lookup(name, h.local_scope, want)
+            where = self.modules[h.root].image.display
+        if owner is None or name in SCOPE_EXCLUDED:
+            kind = {KIND_FUNC: " (function)", KIND_GLOBAL: " (data)", None: ""}[want]
+            raise DlError(f"undefined symbol: {name}{kind} in {where}")
+        kind = self.modules[owner].image.info.exports[name].kind
+        if kind == KIND_FUNC:
+            return self._func_slot(owner, name)
+        if kind == KIND_GLOBAL:
+            return self._data_address(owner, name)
+        raise DlError(
+            f"symbol {name} in {self.modules[owner].image.display} is not a function or data"
+        )
+
+    def dlclose(self, handle: int) -> int:
+        h = self.handles.get(handle)
+        if h is None:
+            raise DlError(f"invalid handle {handle}", errno.EINVAL)
+        h.refs -= 1
+        if h.refs > 0:
+            return 0
+        del self.handles[handle]
+        self.handle_of_root.pop(h.root, None)
+        if h.flags & RTLD_NODELETE:
+            return 0
+        still_needed = set()
+        for other in self.handles.values():
+            still_needed.update(other.local_scope)
+        doomed = [
+            mi
+            for mi in h.local_scope
+            if self.modules[mi].dynamic and mi not in still_needed and not self.modules[mi].closed
+        ]
+        for mi in doomed:  # destructors: dependents first, in reverse registration order
+            m = self.modules[mi]
+            for fn, arg in reversed(m.dtors):
+                func = self.iset.table.get(self.store, fn)
+                if isinstance(func, wasmtime.Func):
+                    func(self.store, arg)
+            m.dtors.clear()
+        for mi in doomed:
+            m = self.modules[mi]
+            m.closed = True
+            if mi in self.global_dynamic:
+                self.global_dynamic.remove(mi)
+            key = self._file_key(m.image.path)
+            if key is not None and self.by_file.get(key) == mi:
+                del self.by_file[key]
+            if m.region is not None:
+                self.free_regions.append(m.region)
+        return 0
+
+    def dladdr(self, addr: int) -> tuple[str, int, str | None, int] | None:
+        """(file, base, symbol or None, symbol address) for a function
+        pointer (table slot) or a data address."""
+        # A function pointer is a table slot, a data pointer a memory address;
+        # the two overlap as numbers, so a populated slot is tried first.
+        if 0 < addr < self.iset.table.size(self.store):
+            found = self._describe_function(addr)
+            if found is not None:
+                return found
+        for m in self.modules:
+            dl = m.image.dylink
+            if m.closed or dl is None or m.instance is None:
+                continue
+            if m.memory_base <= addr < m.memory_base + max(dl.mem_size, 1):
+                best: tuple[int, str] | None = None
+                for name, exp in m.image.info.exports.items():
+                    if exp.kind != KIND_GLOBAL or name in SCOPE_EXCLUDED:
+                        continue
+                    value = m.image.export_value(name, m.memory_base, m.table_base)
+                    if value is not None and value <= addr and (best is None or value > best[0]):
+                        best = (value, name)
+                if best is None:
+                    return (m.image.path, m.memory_base, None, 0)
+                return (m.image.path, m.memory_base, best[1], best[0])
+        return None
+
+    def _describe_function(self, slot: int) -> tuple[str, int, str | None, int] | None:
+        for (mi, funcidx), s in self.canonical.items():
+            if s == slot:
+                m = self.modules[mi]
+                for name, exp in m.image.info.exports.items():
+                    if exp.kind == KIND_FUNC and exp.index == funcidx:
+                        return (m.image.path, m.memory_base, name, slot)
+                return (m.image.path, m.memory_base, None, slot)
+        for m in self.modules:
+            dl = m.image.dylink
+            if dl and not m.closed and m.table_base <= slot < m.table_base + dl.table_size:
+                return (m.image.path, m.memory_base, None, slot)
+        return None

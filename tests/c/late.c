@@ -1,0 +1,1 @@
+int late_fn(int x) { return x * 7; }
