@@ -138,3 +138,21 @@ def test_unknown_dyld_function_is_a_load_error(tmp_path: Path):
     lib.write_bytes(wasmtime.wat2wasm(wat))
     with pytest.raises(SymbolError, match="unknown dyld function teleport"):
         Runtime(disk_cache=False).plan(str(lib))
+
+
+def test_dlclose_returns_memory_for_a_later_dlopen(runtime, corpus: Path):
+    from wasmrun.runtime.dlopen import RTLD_NOW
+
+    iset = runtime.open_library(str(corpus / "libleft.so"))
+    dyn = iset.dynamic
+    pages = iset.memory.size(iset.store)
+    h = dyn.dlopen("libplugin.so", RTLD_NOW)
+    first = dyn.modules[dyn.handles[h].root].memory_base
+    grown = iset.memory.size(iset.store)
+    assert grown > pages  # taken from new pages, never from the allocator's
+    assert first >= pages * 65536
+    dyn.dlclose(h)
+    h2 = dyn.dlopen("libplugin.so", RTLD_NOW)
+    assert dyn.modules[dyn.handles[h2].root].memory_base == first  # region reused
+    assert iset.memory.size(iset.store) == grown
+    assert dyn.dlsym(h2, "plugin_add", None) > 0
