@@ -265,7 +265,8 @@ class Reader:
         self.pos += n
         return b
 
-    def uleb(self, bits: int = 32) -> int:
+    def _leb(self, bits: int) -> tuple[int, int, int]:
+        """The digits of a LEB128 number: (value, bits read, last byte)."""
         start = self.pos
         result = shift = 0
         while True:
@@ -273,25 +274,20 @@ class Reader:
             result |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
-                break
+                return result, shift, b
             if shift >= bits + 7:
                 raise self.fail("integer representation too long", start)
+
+    def uleb(self, bits: int = 32) -> int:
+        start = self.pos
+        result, _, _ = self._leb(bits)
         if result >> bits:
             raise self.fail("integer too large", start)
         return result
 
     def sleb(self, bits: int = 32) -> int:
-        start = self.pos
-        result = shift = 0
-        while True:
-            b = self.u8()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-            if shift >= bits + 7:
-                raise self.fail("integer representation too long", start)
-        if b & 0x40:
+        result, shift, last = self._leb(bits)
+        if last & 0x40:
             result -= 1 << shift
         return result
 

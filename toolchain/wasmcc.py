@@ -451,6 +451,41 @@ def build_libc(out: Path | str, *, debug: bool = False, ldflags: Sequence[str] =
     return BuildResult(out)
 
 
+def _link_pic(
+    out: Path | str,
+    sources: Sequence[Path | str],
+    mode: Sequence[str],
+    *,
+    crt1: bool,
+    libs: Sequence[Path | str],
+    rpaths: Sequence[str],
+    cflags: Sequence[str],
+    ldflags: Sequence[str],
+    debug: bool,
+    cwd: Path | None,
+) -> BuildResult:
+    """Compile ``sources`` as PIC and link them with wasm-ld in ``mode``
+    (shared, PIE or non-PIE), the libraries listed last so that their order
+    is the NEEDED order."""
+    out, srcs, lib_paths = Path(out), [Path(s) for s in sources], _lib_paths(libs)
+    start = [str(find_libc_archives().crt1)] if crt1 else []
+    with _Staging(out) as st:
+        objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
+        _wasm_ld(
+            [
+                *mode,
+                *([] if debug else ["--strip-debug"]),
+                *_rpath_args(rpaths),
+                *ldflags,
+                *start,
+                *map(str, objs),
+                *map(str, lib_paths),
+            ],
+            st,
+        )
+    return BuildResult(out, tuple(inputs))
+
+
 def build_shared(
     out: Path | str,
     sources: Sequence[Path | str],
@@ -466,24 +501,21 @@ def build_shared(
 
     libc.so is not added implicitly: callers list it in ``libs`` so that
     tests control the NEEDED list exactly (a library may need no libc).
-    Undefined symbols are allowed and become imports, as in ELF.
+    Undefined symbols are errors unless ``ldflags`` has
+    ``--unresolved-symbols=import-dynamic`` (then they become imports, as in ELF).
     """
-    out, srcs, lib_paths = Path(out), [Path(s) for s in sources], _lib_paths(libs)
-    with _Staging(out) as st:
-        objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(
-            [
-                "-shared",
-                "--experimental-pic",
-                *([] if debug else ["--strip-debug"]),
-                *_rpath_args(rpaths),
-                *ldflags,
-                *map(str, objs),
-                *map(str, lib_paths),
-            ],
-            st,
-        )
-    return BuildResult(out, tuple(inputs))
+    return _link_pic(
+        out,
+        sources,
+        ["-shared", "--experimental-pic"],
+        crt1=False,
+        libs=libs,
+        rpaths=rpaths,
+        cflags=cflags,
+        ldflags=ldflags,
+        debug=debug,
+        cwd=cwd,
+    )
 
 
 def build_pie(
@@ -504,26 +536,19 @@ def build_pie(
     exported when main takes arguments, because libc's ``__main_void``
     (in libc.so) calls it through an import.
     """
-    out, srcs, lib_paths = Path(out), [Path(s) for s in sources], _lib_paths(libs)
-    arch = find_libc_archives()
-    with _Staging(out) as st:
-        objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(
-            [
-                "-pie",
-                "--experimental-pic",
-                "--import-memory",
-                "--export-if-defined=__main_argc_argv",
-                *([] if debug else ["--strip-debug"]),
-                *_rpath_args(rpaths),
-                *ldflags,
-                str(arch.crt1),
-                *map(str, objs),
-                *map(str, lib_paths),
-            ],
-            st,
-        )
-    return BuildResult(out, tuple(inputs))
+    mode = ["-pie", "--experimental-pic", "--import-memory", "--export-if-defined=__main_argc_argv"]
+    return _link_pic(
+        out,
+        sources,
+        mode,
+        crt1=True,
+        libs=libs,
+        rpaths=rpaths,
+        cflags=cflags,
+        ldflags=ldflags,
+        debug=debug,
+        cwd=cwd,
+    )
 
 
 def build_nopie(
@@ -544,26 +569,24 @@ def build_nopie(
     objects are still compiled PIC (the PIC crt1 is used too), which is what
     makes symbols from shared libraries reachable through GOT imports.
     """
-    out, srcs, lib_paths = Path(out), [Path(s) for s in sources], _lib_paths(libs)
-    arch = find_libc_archives()
-    with _Staging(out) as st:
-        objs, inputs = _compile(srcs, st.dir, PIC_CFLAGS, cflags=cflags, debug=debug, cwd=cwd)
-        _wasm_ld(
-            [
-                "-Bdynamic",
-                "--experimental-pic",
-                *NOPIE_EXPORTS,
-                "--export-if-defined=__main_argc_argv",
-                *([] if debug else ["--strip-debug"]),
-                *_rpath_args(rpaths),
-                *ldflags,
-                str(arch.crt1),
-                *map(str, objs),
-                *map(str, lib_paths),
-            ],
-            st,
-        )
-    return BuildResult(out, tuple(inputs))
+    mode = [
+        "-Bdynamic",
+        "--experimental-pic",
+        *NOPIE_EXPORTS,
+        "--export-if-defined=__main_argc_argv",
+    ]
+    return _link_pic(
+        out,
+        sources,
+        mode,
+        crt1=True,
+        libs=libs,
+        rpaths=rpaths,
+        cflags=cflags,
+        ldflags=ldflags,
+        debug=debug,
+        cwd=cwd,
+    )
 
 
 def _read_leb_u32(data: bytes, pos: int) -> tuple[int, int]:
