@@ -88,7 +88,7 @@ class ModuleCache:
         except IsADirectoryError:
             raise LoadError(f"{path}: is a directory") from None
         except OSError as e:
-            raise LoadError(f"{path}: cannot open shared object file: {e.strerror}") from None
+            raise LoadError(f"{path}: cannot open file: {e.strerror}") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             image = self._entries.get(digest)

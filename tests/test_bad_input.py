@@ -97,7 +97,7 @@ def test_program_file_missing(cli, tmp_path: Path):
     p = cli("run", str(tmp_path / "nope.wasm"))
     assert p.returncode == LOAD_ERROR
     line = assert_one_clean_line(p.stderr)
-    assert "nope.wasm: cannot open shared object file: No such file or directory" in line
+    assert line == f"wasmrun: {tmp_path / 'nope.wasm'}: cannot open file: No such file or directory"
 
 
 def _dylink_offset(data: bytes) -> tuple[int, int]:
