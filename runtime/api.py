@@ -179,19 +179,32 @@ class Runtime:
         self._plans_lock = threading.Lock()
         self.plan_stats = {"plan.hits": 0, "plan.misses": 0, "plan.stale": 0}
 
-    def plan(self, path: str, options: LinkOptions | None = None) -> LinkPlan:
+    def search_path(self, library_path: Sequence[str] | None = None) -> SearchPath:
+        """The search path for a request: its own directories (``-L`` and the
+        client's WASMRUN_LIBRARY_PATH) before the configured defaults."""
+        if library_path is None:
+            return self.search
+        return SearchPath(tuple(library_path), (), self.search.defaults)
+
+    def plan(
+        self,
+        path: str,
+        options: LinkOptions | None = None,
+        search: SearchPath | None = None,
+    ) -> LinkPlan:
         """Load ``path`` and its dependencies and resolve every symbol.
 
         Plans are cached: a repeated request for the same program, options
         and search path, whose files are all unchanged, reuses the plan.
         """
-        return self._plan(path, options)[0]
+        return self._plan(path, options, search)[0]
 
     def _plan(
-        self, path: str, options: LinkOptions | None = None
+        self, path: str, options: LinkOptions | None = None, search: SearchPath | None = None
     ) -> tuple[LinkPlan, dict[str, float]]:
         options = options or LinkOptions()
-        key = (os.getcwd(), path, options, self.search)
+        search = search or self.search
+        key = (os.getcwd(), path, options, search)
         t0 = time.perf_counter()
         with self._plans_lock:
             entry = self._plans.get(key)
@@ -203,7 +216,7 @@ class Runtime:
                 return entry.plan, {"load": time.perf_counter() - t0, "link": 0.0}
             with self._plans_lock:
                 self.plan_stats["plan.stale"] += 1
-        plan = Planner(self.cache, self.search, options).plan(path)
+        plan = Planner(self.cache, search, options).plan(path)
         files = []
         for pm in plan.modules:
             try:
@@ -220,20 +233,23 @@ class Runtime:
                 self._plans.popitem(last=False)
         return plan, dict(plan.timings)
 
-    def preload(self, libraries: Sequence[str]) -> list[str]:
+    def preload(
+        self, libraries: Sequence[str], library_path: Sequence[str] | None = None
+    ) -> list[str]:
         """Load, compile (and save to the disk cache) libraries and their
         dependencies ahead of the runs that need them. Returns the paths."""
+        search = self.search_path(library_path)
         loaded = []
         for lib in libraries:
-            path = lib if "/" in lib else self._find_library(lib)
-            plan = self.plan(path)
+            path = lib if "/" in lib else self._find_library(lib, search)
+            plan = self.plan(path, search=search)
             for pm in plan.modules:
                 pm.image.module()
                 loaded.append(pm.image.path)
         return list(dict.fromkeys(loaded))
 
-    def _find_library(self, library: str) -> str:
-        found = self.search.find(library, os.path.join(os.getcwd(), "."), ())
+    def _find_library(self, library: str, search: SearchPath | None = None) -> str:
+        found = (search or self.search).find(library, os.path.join(os.getcwd(), "."), ())
         if found is None:
             raise LoadError(
                 f"error while loading shared libraries: {library}: cannot open shared "
@@ -266,6 +282,7 @@ class Runtime:
         wasi: WasiOptions | None = None,
         limits: RunLimits | None = None,
         control: RunControl | None = None,
+        search: SearchPath | None = None,
     ) -> InstanceSet:
         """A fresh, initialised instance set (constructors of libraries run).
 
@@ -291,7 +308,7 @@ class Runtime:
             control=control,
             ticker=self.ticker,
             fuel=self.fuel,
-            loader=(self.cache, self.search),
+            loader=(self.cache, search or self.search),
         )
         iset.timings["compile"] = t1 - t0
         iset.initialize()
@@ -309,27 +326,35 @@ class Runtime:
         stderr: str | None = None,
         limits: RunLimits | None = None,
         control: RunControl | None = None,
+        wasi: WasiOptions | None = None,
+        library_path: Sequence[str] | None = None,
     ) -> RunResult:
         """Run a program to completion; returns its exit status and timings.
 
         ``args`` is the guest's argv *including* argv[0] (defaults to the
-        program path). Raises LoadError (and subclasses) for link failures and
-        GuestTrap when the guest traps.
+        program path). ``wasi`` replaces args/env/dirs/stdio with a prepared
+        WASI context (the daemon passes the client's descriptors this way);
+        ``library_path`` replaces the runtime's own search directories.
+        Raises LoadError (and subclasses) for link failures, GuestTrap when
+        the guest traps and RunInterrupted when a limit or a controller stops
+        it.
         """
         t0 = time.perf_counter()
-        plan, plan_timings = self._plan(program, options)
+        search = self.search_path(library_path)
+        plan, plan_timings = self._plan(program, options, search)
         if not plan.root_module.image.is_executable:
             raise LoadError(f"{program}: has no _start export (a library, not a program)")
         t1 = time.perf_counter()
-        wasi = WasiOptions(
-            args=tuple(args) if args is not None else (program,),
-            env=tuple((env or {}).items()),
-            dirs=tuple(dirs),
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
-        iset = self.instantiate(plan, wasi, limits, control)
+        if wasi is None:
+            wasi = WasiOptions(
+                args=tuple(args) if args is not None else (program,),
+                env=tuple((env or {}).items()),
+                dirs=tuple(dirs),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        iset = self.instantiate(plan, wasi, limits, control, search)
         code = iset.run_start()
         timings = {**plan_timings, "plan": t1 - t0, **iset.timings}
         return RunResult(code, timings)
@@ -341,8 +366,11 @@ class Runtime:
         wasi: WasiOptions | None = None,
         limits: RunLimits | None = None,
         control: RunControl | None = None,
+        library_path: Sequence[str] | None = None,
     ) -> InstanceSet:
         """Load a shared library with its dependencies into a fresh instance
         set and run its constructors; call functions with ``.call``."""
-        path = library if "/" in library else self._find_library(library)
-        return self.instantiate(self.plan(path, options), wasi, limits, control)
+        search = self.search_path(library_path)
+        path = library if "/" in library else self._find_library(library, search)
+        plan = self.plan(path, options, search)
+        return self.instantiate(plan, wasi, limits, control, search)
