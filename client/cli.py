@@ -24,6 +24,8 @@ from collections.abc import Sequence
 EXIT_LOAD_ERROR = 127
 EXIT_TRAP = 134
 EXIT_USAGE = 2
+# Interrupted runs, as the daemon reports them (protocol EXIT_CODES).
+EXIT_INTERRUPTED = {"timeout": 124, "cancelled": 130, "fuel": 137}
 
 
 def _dir_spec(value: str) -> tuple[str, str]:
@@ -38,6 +40,16 @@ def _env_spec(value: str) -> tuple[str, str | None]:
     if not name:
         raise argparse.ArgumentTypeError(f"invalid --env {value!r}: expected NAME[=VALUE]")
     return name, val if sep else None
+
+
+def _number(value: str) -> int | float:
+    try:
+        return int(value, 0)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
 
 
 def _size(value: str) -> int:
@@ -77,6 +89,23 @@ def _add_link_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_daemon_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="run in this process even if wasmrund is running",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="wasmrund's socket (default $WASMRUN_SOCKET, else $XDG_RUNTIME_DIR/wasmrun/"
+        "wasmrund.sock)",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop the guest after this long"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasmrun",
@@ -91,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load PROGRAM and its shared libraries, link them and run it.",
     )
     _add_link_options(run)
-    run.add_argument(
-        "--no-daemon", action="store_true", help="run in this process (the only mode for now)"
-    )
+    _add_daemon_options(run)
     run.add_argument(
         "--dir",
         action="append",
@@ -123,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="load LIB first, right after the program in symbol order (LD_PRELOAD)",
     )
     run.add_argument("--stack-size", type=_size, default=1 << 20, help="guest stack (default 1M)")
-    run.add_argument(
-        "--max-memory", type=_size, default=1 << 32, help="limit of guest memory (default 4G)"
-    )
+    run.add_argument("--max-memory", type=_size, help="limit of guest memory (default 4G)")
     run.add_argument("program", metavar="PROGRAM")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
@@ -147,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_options(pre)
     pre.add_argument("libraries", nargs="+", metavar="LIB")
 
+    call = sub.add_parser(
+        "call",
+        help="load a library and call one of its functions",
+        description="Load LIB with its dependencies in a fresh instance set, run its "
+        "constructors, call SYMBOL with numeric ARGS and print the results, one per line.",
+    )
+    _add_link_options(call)
+    _add_daemon_options(call)
+    call.add_argument("library", metavar="LIB")
+    call.add_argument("symbol", metavar="SYMBOL")
+    call.add_argument("args", nargs="*", type=_number, metavar="ARGS")
+
     cache = sub.add_parser("cache", help="show or clear the compiled-code cache")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
     cache_sub.required = True
@@ -167,24 +204,128 @@ def _default_signals() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
-def cmd_run(ns: argparse.Namespace) -> int:
-    from wasmrun.runtime import GuestTrap, LinkOptions, LoadError
-
-    _default_signals()
-    env = {}
-    for name, value in ns.env:
+def _guest_env(pairs: list[tuple[str, str | None]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, value in pairs:
         if value is None:
             if name in os.environ:
                 env[name] = os.environ[name]
         else:
             env[name] = value
+    return env
+
+
+def _daemon_session(ns: argparse.Namespace):
+    """A session with a running wasmrund, or None to run in this process."""
+    if ns.no_daemon:
+        return None
+    from wasmrun.client import remote
+
+    path = remote.socket_path(ns.socket)
+    sock = remote.connect(path) or remote.autostart(path)
+    return remote.Session(sock) if sock is not None else None
+
+
+def _library_path(ns: argparse.Namespace) -> list[str]:
+    """-L and the client's WASMRUN_LIBRARY_PATH, made absolute for the daemon."""
+    env_dirs = [d for d in os.environ.get("WASMRUN_LIBRARY_PATH", "").split(os.pathsep) if d]
+    return [os.path.abspath(d) for d in (*ns.library_path, *env_dirs)]
+
+
+def _remote_outcome(session, request, fds: list[int]) -> int:
+    from wasmrun.client.remote import error_text
+    from wasmrun.protocol import CallResult, Error, RunResult
+
+    try:
+        answer = session.request(request, fds)
+    except (OSError, ConnectionError) as e:
+        _error(f"lost the connection to wasmrund: {e}")
+        return EXIT_LOAD_ERROR
+    finally:
+        for fd in fds[3:]:
+            os.close(fd)
+        session.close()
+    if isinstance(answer, Error):
+        sys.stdout.flush()
+        print(error_text(answer), file=sys.stderr)
+        return answer.exit_code
+    if isinstance(answer, CallResult):
+        for value in answer.results:
+            print(value)
+        return 0
+    if isinstance(answer, RunResult):
+        return answer.exit_code
+    _error(f"unexpected answer from wasmrund: {type(answer).__name__}")
+    return EXIT_LOAD_ERROR
+
+
+def _open_fds(ns: argparse.Namespace, path: str) -> tuple[list[str], list[int]] | str:
+    """The descriptors a request carries: stdio, the file, preopened dirs."""
+    roles, fds = ["stdin", "stdout", "stderr"], [0, 1, 2]
+    try:
+        fds.append(os.open(path, os.O_RDONLY))
+    except OSError as e:
+        return f"{path}: cannot open file: {e.strerror}"
+    roles.append("program")
+    for host, guest in getattr(ns, "dir", ()):
+        try:
+            fds.append(os.open(host, os.O_RDONLY | os.O_DIRECTORY))
+        except OSError:
+            for fd in fds[3:]:
+                os.close(fd)
+            return f"--dir {host}: not a directory"
+        roles.append(f"dir:{guest}")
+    return roles, fds
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    _default_signals()
+    env = _guest_env(ns.env)
     args = list(ns.args)
     if args[:1] == ["--"]:
         args = args[1:]
+    # The daemon links with the default stack; another stack size runs here.
+    session = _daemon_session(ns) if ns.stack_size == 1 << 20 else None
+    if session is not None:
+        return _run_remote(ns, session, env, args)
+    return _run_here(ns, env, args)
+
+
+def _run_remote(ns, session, env: dict[str, str], args: list[str]) -> int:
+    from wasmrun.protocol import Limits, Run
+
+    program = os.path.abspath(ns.program)
+    opened = _open_fds(ns, program)
+    if isinstance(opened, str):
+        session.close()
+        _error(opened)
+        return EXIT_LOAD_ERROR
+    roles, fds = opened
+    request = Run(
+        program=program,
+        args=(ns.program, *args),
+        env=tuple(env.items()),
+        cwd=os.getcwd(),
+        library_path=tuple(_library_path(ns)),
+        preload=tuple(p if "/" not in p else os.path.abspath(p) for p in ns.preload),
+        bind_now=ns.bind_now,
+        limits=Limits(
+            memory_bytes=ns.max_memory,
+            timeout_ms=int(ns.timeout * 1000) if ns.timeout else None,
+        ),
+        fd_roles=tuple(roles),
+        request_id=1,
+    )
+    return _remote_outcome(session, request, fds)
+
+
+def _run_here(ns: argparse.Namespace, env: dict[str, str], args: list[str]) -> int:
+    from wasmrun.runtime import GuestTrap, LinkOptions, LoadError, RunInterrupted, RunLimits
+
     options = LinkOptions(
         bind_now=ns.bind_now,
         stack_size=ns.stack_size,
-        max_memory=ns.max_memory,
+        max_memory=ns.max_memory or 1 << 32,
         preload=tuple(ns.preload),
     )
     try:
@@ -195,6 +336,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             env=env,
             dirs=ns.dir,
             options=options,
+            limits=RunLimits(memory_bytes=ns.max_memory, timeout=ns.timeout),
         )
     except LoadError as e:
         _error(str(e))
@@ -203,7 +345,49 @@ def cmd_run(ns: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(e.render(), file=sys.stderr)
         return EXIT_TRAP
+    except RunInterrupted as e:
+        sys.stdout.flush()
+        _error(str(e))
+        return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
     return result.exit_code
+
+
+def cmd_call(ns: argparse.Namespace) -> int:
+    session = _daemon_session(ns)
+    if session is not None:
+        from wasmrun.protocol import Dlopen, Limits
+
+        library = ns.library if "/" not in ns.library else os.path.abspath(ns.library)
+        request = Dlopen(
+            library=library,
+            symbol=ns.symbol,
+            args=tuple(ns.args),
+            library_path=tuple(_library_path(ns)),
+            limits=Limits(timeout_ms=int(ns.timeout * 1000) if ns.timeout else None),
+            fd_roles=("stdin", "stdout", "stderr"),
+            request_id=1,
+        )
+        return _remote_outcome(session, request, [0, 1, 2])
+    from wasmrun.runtime import GuestTrap, LoadError, RunInterrupted, RunLimits, WasmrunError
+
+    try:
+        rt = _runtime(ns)
+        lib = rt.open_library(ns.library, limits=RunLimits(timeout=ns.timeout))
+        for value in lib.call(ns.symbol, ns.args):
+            print(value)
+    except LoadError as e:
+        _error(str(e))
+        return EXIT_LOAD_ERROR
+    except GuestTrap as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_TRAP
+    except RunInterrupted as e:
+        _error(str(e))
+        return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
+    except WasmrunError as e:
+        _error(str(e))
+        return 1
+    return 0
 
 
 def _runtime(ns: argparse.Namespace):
@@ -270,7 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        commands = {"run": cmd_run, "ldd": cmd_ldd, "preload": cmd_preload, "cache": cmd_cache}
+        commands = {
+            "run": cmd_run,
+            "call": cmd_call,
+            "ldd": cmd_ldd,
+            "preload": cmd_preload,
+            "cache": cmd_cache,
+        }
         return commands[ns.command](ns)
     except KeyboardInterrupt:
         return 130

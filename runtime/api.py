@@ -292,8 +292,11 @@ class Runtime:
         limits = limits or RunLimits()
         if limits.fuel is not None and not self.fuel:
             raise LimitError("a fuel limit needs a runtime created with fuel=True")
-        if control is None and limits.timeout is not None:
-            control = RunControl(limits.timeout)
+        if limits.timeout is not None:
+            if control is None:
+                control = RunControl(limits.timeout)
+            else:
+                control.limit_time(limits.timeout)
         t0 = time.perf_counter()
         for pm in plan.modules:
             pm.image.module()  # compile, deserialize, or already in memory

@@ -42,6 +42,14 @@ class RunControl:
         self._reason: str | None = None
         self._lock = threading.Lock()
 
+    def limit_time(self, timeout: float) -> None:
+        """Add a deadline (the earlier one wins) to a controller made without."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self.deadline is None or deadline < self.deadline:
+                self.deadline = deadline
+                self.timeout = timeout
+
     def cancel(self, reason: str = "cancelled") -> None:
         with self._lock:
             if self._reason is None:
