@@ -509,14 +509,24 @@ class InstanceSet:
             return (ext.value(self.store) + self.plan.modules[owner].memory_base) & 0xFFFFFFFF
         return ext
 
-    def call(self, symbol: str, args: Sequence[int | float] = ()) -> list[int | float]:
-        """Call an exported function of the global scope with numeric args."""
+    def call(
+        self, symbol: str, args: Sequence[int | float] = (), flush: bool = True
+    ) -> list[int | float]:
+        """Call an exported function of the global scope with numeric args.
+
+        With ``flush``, the C library's buffered output is flushed afterwards
+        (``fflush(NULL)``, what ``exit`` would do), so that what the library
+        printed reaches its stdout even though no program exits.
+        """
         f = self.lookup(symbol)
         if not isinstance(f, wasmtime.Func):
             raise SymbolError(f"undefined symbol: {symbol} (function)")
         try:
             with self._guest():
                 r = f(self.store, *args)
+                fflush = self.lookup("fflush") if flush else None
+                if isinstance(fflush, wasmtime.Func):
+                    fflush(self.store, 0)
         except wasmtime.ExitTrap:
             raise
         except Exception as e:  # traps, and errors raised by host functions

@@ -58,7 +58,7 @@ class SearchPath:
             *(expand_origin(p, origin) for p in runtime_path),
             *self.defaults,
         ]
-        return [os.path.join(d, name) for d in dirs]
+        return [os.path.join(d, name) for d in dict.fromkeys(dirs)]  # each directory once
 
     def find(self, name: str, requester_path: str, runtime_path: Sequence[str]) -> str | None:
         for cand in self.candidates(name, requester_path, runtime_path):

@@ -18,6 +18,9 @@ CORPUS_DIR = ROOT / "build" / "corpus"
 # subprocesses alike), never the user's own ~/.cache.
 TEST_CACHE_DIR = ROOT / "build" / "test-cache"
 os.environ["WASMRUN_CACHE_DIR"] = str(TEST_CACHE_DIR)
+# CLI tests run in-process unless a test points them at its own daemon.
+os.environ["WASMRUN_SOCKET"] = str(ROOT / "build" / "no-daemon-here.sock")
+os.environ.pop("WASMRUN_AUTOSTART", None)
 sys.path.insert(0, str(ROOT / "toolchain"))
 
 import corpus as corpus_builder  # noqa: E402
