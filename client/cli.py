@@ -1,195 +1,61 @@
 """The ``wasmrun`` command line.
 
-A thin layer: parse arguments, call the runtime, map outcomes to exit
+A thin layer: parse arguments, call the runtime (in this process, or through
+the loader daemon ``wasmrund`` when one is running), map outcomes to exit
 statuses the way a shell user expects from a dynamic loader:
 
 * the program's own exit status when it runs;
 * 127 when loading or linking fails (as ld.so does), with one line on stderr;
 * 134 when the guest traps (as an abort would), with the trap and a wasm
   backtrace on stderr;
+* 124 when ``--timeout`` stops it, 130 when cancelled with Ctrl-C;
 * 2 for command-line mistakes.
 
-The runtime (and so wasmtime) is imported only once a command needs it, to
-keep ``wasmrun --help`` and argument errors fast.
+``run`` and ``call`` go to the daemon when one answers on its socket (see
+:mod:`wasmrun.client.remote`), else run here; both ways give the same output
+and exit status. Only the daemon path's modules are imported before that
+choice, and the runtime (and so wasmtime) only once a command needs it, so
+``wasmrun --help``, argument errors and daemon runs start fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
-from collections.abc import Sequence
+
+from .options import DEFAULT_STACK_SIZE, quick_parse
+
+TYPE_CHECKING = False  # no typing/argparse imports on the daemon path
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace
+    from collections.abc import Callable, Sequence
+
+    from wasmrun.runtime import Runtime
+
+    from .remote import Session
 
 EXIT_LOAD_ERROR = 127
 EXIT_TRAP = 134
 EXIT_USAGE = 2
-# Interrupted runs, as the daemon reports them (protocol EXIT_CODES).
-EXIT_INTERRUPTED = {"timeout": 124, "cancelled": 130, "fuel": 137}
+EXIT_INTERNAL = 70
+EXIT_CANCELLED = 130
+# Interrupted runs: the protocol's exit codes, used on both paths.
+EXIT_INTERRUPTED = {"timeout": 124, "cancelled": EXIT_CANCELLED, "fuel": 137}
+DEFAULT_MAX_MEMORY = 1 << 32
+# wasmrund's answer when it cannot see the file we opened at its path (a
+# private /tmp...): nothing ran, so the request runs here. Same text as
+# wasmrun.daemon.execute.NOT_VISIBLE (tests/test_daemon.py checks).
+NOT_VISIBLE = "(not visible to wasmrund)"
 
 
-def _dir_spec(value: str) -> tuple[str, str]:
-    host, sep, guest = value.partition("::")
-    if not host:
-        raise argparse.ArgumentTypeError(f"invalid --dir {value!r}: expected HOST[::GUEST]")
-    return host, guest if sep else host
+COMMANDS = ("run", "call", "ldd", "preload", "cache")
 
 
-def _env_spec(value: str) -> tuple[str, str | None]:
-    name, sep, val = value.partition("=")
-    if not name:
-        raise argparse.ArgumentTypeError(f"invalid --env {value!r}: expected NAME[=VALUE]")
-    return name, val if sep else None
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The argparse parser (see :mod:`wasmrun.client.parser`)."""
+    from .parser import build_parser as build
 
-
-def _number(value: str) -> int | float:
-    try:
-        return int(value, 0)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-
-
-def _size(value: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    v = value.strip().lower()
-    mult = 1
-    if v and v[-1] in units:
-        mult = units[v[-1]]
-        v = v[:-1]
-    try:
-        n = int(v) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size {value!r}: must be positive")
-    return n
-
-
-def _add_cache_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="keep compiled code in DIR (default $WASMRUN_CACHE_DIR or "
-        "$XDG_CACHE_HOME/wasmrun; WASMRUN_CACHE_DIR=off disables it)",
-    )
-
-
-def _add_link_options(p: argparse.ArgumentParser) -> None:
-    _add_cache_option(p)
-    p.add_argument(
-        "-L",
-        "--library-path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="search DIR for shared libraries (before WASMRUN_LIBRARY_PATH)",
-    )
-
-
-def _add_daemon_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--no-daemon",
-        action="store_true",
-        help="run in this process even if wasmrund is running",
-    )
-    p.add_argument(
-        "--socket",
-        metavar="PATH",
-        help="wasmrund's socket (default $WASMRUN_SOCKET, else $XDG_RUNTIME_DIR/wasmrun/"
-        "wasmrund.sock)",
-    )
-    p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop the guest after this long"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wasmrun",
-        description="Run dynamically linked WebAssembly (WASI preview 1) programs.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    run = sub.add_parser(
-        "run",
-        help="load, link and run a program",
-        description="Load PROGRAM and its shared libraries, link them and run it.",
-    )
-    _add_link_options(run)
-    _add_daemon_options(run)
-    run.add_argument(
-        "--dir",
-        action="append",
-        default=[],
-        type=_dir_spec,
-        metavar="HOST[::GUEST]",
-        help="grant the guest access to a host directory (as GUEST)",
-    )
-    run.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        type=_env_spec,
-        metavar="NAME[=VALUE]",
-        help="set an environment variable for the guest (without =VALUE: inherit it)",
-    )
-    run.add_argument(
-        "--bind-now",
-        action="store_true",
-        help="resolve every function at load time and report all missing symbols (LD_BIND_NOW)",
-    )
-    run.add_argument(
-        "--preload",
-        action="append",
-        default=[],
-        metavar="LIB",
-        help="load LIB first, right after the program in symbol order (LD_PRELOAD)",
-    )
-    run.add_argument("--stack-size", type=_size, default=1 << 20, help="guest stack (default 1M)")
-    run.add_argument("--max-memory", type=_size, help="limit of guest memory (default 4G)")
-    run.add_argument("program", metavar="PROGRAM")
-    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-
-    ldd = sub.add_parser(
-        "ldd",
-        help="print the dependency tree and unresolved symbols",
-        description="Print which file each NEEDED library resolves to and every "
-        "unresolved non-weak symbol; exit 1 if anything is missing.",
-    )
-    _add_link_options(ldd)
-    ldd.add_argument("file", metavar="PROGRAM|LIB")
-
-    pre = sub.add_parser(
-        "preload",
-        help="compile libraries (and their dependencies) into the cache ahead of time",
-        description="Load and compile each LIB and everything it needs, saving the "
-        "compiled code in the disk cache so that later runs start without compiling.",
-    )
-    _add_link_options(pre)
-    pre.add_argument("libraries", nargs="+", metavar="LIB")
-
-    call = sub.add_parser(
-        "call",
-        help="load a library and call one of its functions",
-        description="Load LIB with its dependencies in a fresh instance set, run its "
-        "constructors, call SYMBOL with numeric ARGS and print the results, one per line.",
-    )
-    _add_link_options(call)
-    _add_daemon_options(call)
-    call.add_argument("library", metavar="LIB")
-    call.add_argument("symbol", metavar="SYMBOL")
-    call.add_argument("args", nargs="*", type=_number, metavar="ARGS")
-
-    cache = sub.add_parser("cache", help="show or clear the compiled-code cache")
-    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION")
-    cache_sub.required = True
-    for action, text in (("stats", "print cache counters"), ("clear", "delete cached code")):
-        _add_cache_option(cache_sub.add_parser(action, help=text))
-    return parser
+    return build(only)
 
 
 def _error(message: str) -> None:
@@ -200,6 +66,8 @@ def _default_signals() -> None:
     """Ctrl-C and a closed pipe end the run at once, as for a native program:
     while the guest runs inside wasmtime, Python's own handlers would only
     fire after it returns."""
+    import signal
+
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
@@ -215,117 +83,247 @@ def _guest_env(pairs: list[tuple[str, str | None]]) -> dict[str, str]:
     return env
 
 
-def _daemon_session(ns: argparse.Namespace):
-    """A session with a running wasmrund, or None to run in this process."""
+def _exit_message(symbol: str, code: int) -> str:
+    """A library calling exit() during ``call``: reported like a trap (the
+    call did not return); the daemon sends the same text."""
+    return f"wasm trap: exit({code}) called during {symbol}()"
+
+
+# -- the daemon path ---------------------------------------------------------------
+
+
+class _Display:
+    """Restores paths as the user typed them in messages from the daemon.
+
+    The daemon needs absolute paths (its cwd is not ours), so its messages
+    name ``/home/me/build/libc.so`` where the in-process run says
+    ``build/libc.so``; replacing each absolute form we sent by what the user
+    typed makes both paths print the same line.
+    """
+
+    def __init__(self) -> None:
+        self.pairs: dict[str, str] = {}
+
+    def absolute(self, typed: str) -> str:
+        full = os.path.abspath(typed)
+        if full != typed:
+            self.pairs[full] = typed
+        return full
+
+    def __call__(self, text: str) -> str:
+        import re  # only for messages: not on the start-up path
+
+        for full in sorted(self.pairs, key=len, reverse=True):
+            pattern = r"(?<![\w./-])" + re.escape(full) + r"(?=$|[/\s;:,)'\"])"
+            text = re.sub(pattern, lambda _m, t=self.pairs[full]: t, text)
+        return text
+
+
+def _library_dirs(ns: Namespace, display: _Display) -> list[str]:
+    """-L then the client's WASMRUN_LIBRARY_PATH, absolute for the daemon
+    (which does not see our environment)."""
+    env_dirs = [d for d in os.environ.get("WASMRUN_LIBRARY_PATH", "").split(os.pathsep) if d]
+    return [display.absolute(d) for d in (*ns.library_path, *env_dirs)]
+
+
+def _library_names(names: list[str], display: _Display) -> list[str]:
+    return [display.absolute(n) if "/" in n else n for n in names]
+
+
+def _open_request_fds(
+    path: str | None, dirs: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[int], int] | str:
+    """Roles and descriptors to send: our stdio, the file to load (opened
+    here, so the daemon only loads what we can open), preopened directories.
+    Returns (roles, fds, index of the first fd opened here, to close after
+    sending), or the error to print (the in-process run's message)."""
+    from wasmrun.client import remote
+
+    roles, fds = remote.stdio_fds()
+    first_own = len(fds)
+    problem = None
+    try:
+        if path is not None:
+            try:
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                roles.append("program")
+            except OSError as e:
+                problem = f"{path}: cannot open file: {e.strerror}"
+        for host, guest in dirs:
+            if problem is not None:
+                break
+            try:
+                fds.append(os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                roles.append(f"dir:{guest}")
+            except OSError:
+                problem = f"--dir {host}: not a directory"
+    except BaseException:
+        _close_from(fds, first_own)
+        raise
+    if problem is not None:
+        _close_from(fds, first_own)
+        return problem
+    return roles, fds, first_own
+
+
+def _close_from(fds: list[int], first_own: int) -> None:
+    for fd in fds[first_own:]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _remote(
+    ns: Namespace,
+    session: Session,
+    frame_of: Callable[[list[str]], bytes],
+    path: str | None,
+    dirs: Sequence[tuple[str, str]],
+    display: _Display,
+) -> int:
+    """Send one request through ``session`` and turn the answer into output
+    and an exit status exactly as the in-process path would."""
+    from wasmrun.client import remote, wire
+
+    try:
+        opened = _open_request_fds(path, dirs)
+        if isinstance(opened, str):
+            _error(display(opened))
+            return EXIT_LOAD_ERROR
+        roles, fds, first_own = opened
+        try:
+            try:
+                frame = frame_of(roles)
+            except wire.WireError:
+                return -1  # not expressible in the protocol: run in process
+            try:
+                reply = session.request(frame, fds, request_id=1)
+            except remote.Interrupted:
+                return EXIT_CANCELLED
+            except (OSError, ConnectionError, wire.WireError) as e:
+                if session.interrupted:
+                    return EXIT_CANCELLED
+                _error(f"lost the connection to wasmrund: {e}")
+                return EXIT_INTERNAL
+        finally:
+            _close_from(fds, first_own)
+    finally:
+        session.close()
+    fields = reply.fields
+    if reply.type == "error":
+        if fields["kind"] == "cancelled" and session.interrupted:
+            return EXIT_CANCELLED  # our own Ctrl-C: quiet, as in process
+        if fields["kind"] == "load" and fields["message"].endswith(NOT_VISIBLE):
+            return -1  # the daemon cannot see our file (private /tmp...): run here
+        message = display(fields["message"])
+        print(message if fields["kind"] == "trap" else f"wasmrun: {message}", file=sys.stderr)
+        return int(fields["exit_code"])
+    if reply.type == "run_result":
+        return int(fields["exit_code"])
+    if reply.type == "call_result":
+        for value in fields["results"]:
+            print(value)
+        return 0
+    _error(f"unexpected answer from wasmrund: {reply.type}")
+    return EXIT_INTERNAL
+
+
+def _session(ns: Namespace) -> Session | None:
+    """A session with wasmrund, or None to run in this process."""
     if ns.no_daemon:
         return None
     from wasmrun.client import remote
 
-    path = remote.socket_path(ns.socket)
-    sock = remote.connect(path) or remote.autostart(path)
-    return remote.Session(sock) if sock is not None else None
+    return remote.open_session(ns.socket)
 
 
-def _library_path(ns: argparse.Namespace) -> list[str]:
-    """-L and the client's WASMRUN_LIBRARY_PATH, made absolute for the daemon."""
-    env_dirs = [d for d in os.environ.get("WASMRUN_LIBRARY_PATH", "").split(os.pathsep) if d]
-    return [os.path.abspath(d) for d in (*ns.library_path, *env_dirs)]
+def _timeout_ms(ns: Namespace) -> int | None:
+    return max(1, round(ns.timeout * 1000)) if ns.timeout is not None else None
 
 
-def _remote_outcome(session, request, fds: list[int]) -> int:
-    from wasmrun.client.remote import error_text
-    from wasmrun.protocol import CallResult, Error, RunResult
+def _run_remote(ns: Namespace, session: Session, env: dict[str, str], args: list[str]) -> int:
+    from wasmrun.client import wire
 
+    display = _Display()
+    program = display.absolute(ns.program)
+    library_path = _library_dirs(ns, display)
+    preload = _library_names(ns.preload, display)
     try:
-        answer = session.request(request, fds)
-    except (OSError, ConnectionError) as e:
-        _error(f"lost the connection to wasmrund: {e}")
-        return EXIT_LOAD_ERROR
-    finally:
-        for fd in fds[3:]:
-            os.close(fd)
-        session.close()
-    if isinstance(answer, Error):
-        sys.stdout.flush()
-        print(error_text(answer), file=sys.stderr)
-        return answer.exit_code
-    if isinstance(answer, CallResult):
-        for value in answer.results:
-            print(value)
-        return 0
-    if isinstance(answer, RunResult):
-        return answer.exit_code
-    _error(f"unexpected answer from wasmrund: {type(answer).__name__}")
-    return EXIT_LOAD_ERROR
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+
+    def frame_of(roles: list[str]) -> bytes:
+        return wire.run_request(
+            program=program,
+            args=[ns.program, *args],
+            env=list(env.items()),
+            cwd=cwd,
+            library_path=library_path,
+            preload=preload,
+            bind_now=ns.bind_now,
+            memory_bytes=ns.max_memory,
+            timeout_ms=_timeout_ms(ns),
+            fd_roles=roles,
+            request_id=1,
+        )
+
+    return _remote(ns, session, frame_of, ns.program, ns.dir, display)
 
 
-def _open_fds(ns: argparse.Namespace, path: str) -> tuple[list[str], list[int]] | str:
-    """The descriptors a request carries: stdio, the file, preopened dirs."""
-    roles, fds = ["stdin", "stdout", "stderr"], [0, 1, 2]
-    try:
-        fds.append(os.open(path, os.O_RDONLY))
-    except OSError as e:
-        return f"{path}: cannot open file: {e.strerror}"
-    roles.append("program")
-    for host, guest in getattr(ns, "dir", ()):
-        try:
-            fds.append(os.open(host, os.O_RDONLY | os.O_DIRECTORY))
-        except OSError:
-            for fd in fds[3:]:
-                os.close(fd)
-            return f"--dir {host}: not a directory"
-        roles.append(f"dir:{guest}")
-    return roles, fds
+def _call_remote(ns: Namespace, session: Session) -> int:
+    from wasmrun.client import wire
+
+    display = _Display()
+    library = display.absolute(ns.library) if "/" in ns.library else ns.library
+    library_path = _library_dirs(ns, display)
+    preload = _library_names(ns.preload, display)
+
+    def frame_of(roles: list[str]) -> bytes:
+        return wire.dlopen_request(
+            library=library,
+            symbol=ns.symbol,
+            args=ns.args,
+            library_path=library_path,
+            preload=preload,
+            bind_now=ns.bind_now,
+            memory_bytes=None,
+            timeout_ms=_timeout_ms(ns),
+            fd_roles=roles,
+            request_id=1,
+        )
+
+    path = ns.library if "/" in ns.library else None
+    return _remote(ns, session, frame_of, path, (), display)
 
 
-def cmd_run(ns: argparse.Namespace) -> int:
-    _default_signals()
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_run(ns: Namespace) -> int:
     env = _guest_env(ns.env)
     args = list(ns.args)
     if args[:1] == ["--"]:
         args = args[1:]
-    # The daemon links with the default stack; another stack size runs here.
-    session = _daemon_session(ns) if ns.stack_size == 1 << 20 else None
-    if session is not None:
-        return _run_remote(ns, session, env, args)
+    # The protocol has no stack size: another one runs here.
+    if ns.stack_size == DEFAULT_STACK_SIZE:
+        session = _session(ns)
+        if session is not None:
+            code = _run_remote(ns, session, env, args)
+            if code >= 0:
+                return code
     return _run_here(ns, env, args)
 
 
-def _run_remote(ns, session, env: dict[str, str], args: list[str]) -> int:
-    from wasmrun.protocol import Limits, Run
-
-    program = os.path.abspath(ns.program)
-    opened = _open_fds(ns, program)
-    if isinstance(opened, str):
-        session.close()
-        _error(opened)
-        return EXIT_LOAD_ERROR
-    roles, fds = opened
-    request = Run(
-        program=program,
-        args=(ns.program, *args),
-        env=tuple(env.items()),
-        cwd=os.getcwd(),
-        library_path=tuple(_library_path(ns)),
-        preload=tuple(p if "/" not in p else os.path.abspath(p) for p in ns.preload),
-        bind_now=ns.bind_now,
-        limits=Limits(
-            memory_bytes=ns.max_memory,
-            timeout_ms=int(ns.timeout * 1000) if ns.timeout else None,
-        ),
-        fd_roles=tuple(roles),
-        request_id=1,
-    )
-    return _remote_outcome(session, request, fds)
-
-
-def _run_here(ns: argparse.Namespace, env: dict[str, str], args: list[str]) -> int:
+def _run_here(ns: Namespace, env: dict[str, str], args: list[str]) -> int:
     from wasmrun.runtime import GuestTrap, LinkOptions, LoadError, RunInterrupted, RunLimits
 
+    _default_signals()
     options = LinkOptions(
         bind_now=ns.bind_now,
         stack_size=ns.stack_size,
-        max_memory=ns.max_memory or 1 << 32,
+        max_memory=ns.max_memory or DEFAULT_MAX_MEMORY,
         preload=tuple(ns.preload),
     )
     try:
@@ -352,45 +350,59 @@ def _run_here(ns: argparse.Namespace, env: dict[str, str], args: list[str]) -> i
     return result.exit_code
 
 
-def cmd_call(ns: argparse.Namespace) -> int:
-    session = _daemon_session(ns)
+def cmd_call(ns: Namespace) -> int:
+    session = _session(ns)
     if session is not None:
-        from wasmrun.protocol import Dlopen, Limits
+        code = _call_remote(ns, session)
+        if code >= 0:
+            return code
+    return _call_here(ns)
 
-        library = ns.library if "/" not in ns.library else os.path.abspath(ns.library)
-        request = Dlopen(
-            library=library,
-            symbol=ns.symbol,
-            args=tuple(ns.args),
-            library_path=tuple(_library_path(ns)),
-            limits=Limits(timeout_ms=int(ns.timeout * 1000) if ns.timeout else None),
-            fd_roles=("stdin", "stdout", "stderr"),
-            request_id=1,
-        )
-        return _remote_outcome(session, request, [0, 1, 2])
-    from wasmrun.runtime import GuestTrap, LoadError, RunInterrupted, RunLimits, WasmrunError
 
+def _call_here(ns: Namespace) -> int:
+    import wasmtime
+    from wasmrun.runtime import (
+        GuestTrap,
+        LinkOptions,
+        LoadError,
+        RunInterrupted,
+        RunLimits,
+        WasmrunError,
+    )
+
+    _default_signals()
     try:
         rt = _runtime(ns)
-        lib = rt.open_library(ns.library, limits=RunLimits(timeout=ns.timeout))
-        for value in lib.call(ns.symbol, ns.args):
-            print(value)
+        lib = rt.open_library(
+            ns.library,
+            options=LinkOptions(bind_now=ns.bind_now, preload=tuple(ns.preload)),
+            limits=RunLimits(timeout=ns.timeout),
+        )
+        results = lib.call(ns.symbol, ns.args)
     except LoadError as e:
         _error(str(e))
         return EXIT_LOAD_ERROR
     except GuestTrap as e:
+        sys.stdout.flush()
         print(e.render(), file=sys.stderr)
         return EXIT_TRAP
+    except wasmtime.ExitTrap as e:
+        sys.stdout.flush()
+        print(_exit_message(ns.symbol, e.code), file=sys.stderr)
+        return EXIT_TRAP
     except RunInterrupted as e:
+        sys.stdout.flush()
         _error(str(e))
         return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
     except WasmrunError as e:
         _error(str(e))
-        return 1
+        return EXIT_INTERNAL
+    for value in results:
+        print(value)
     return 0
 
 
-def _runtime(ns: argparse.Namespace):
+def _runtime(ns: Namespace) -> Runtime:
     from wasmrun.runtime import Runtime
 
     return Runtime(
@@ -399,7 +411,7 @@ def _runtime(ns: argparse.Namespace):
     )
 
 
-def cmd_preload(ns: argparse.Namespace) -> int:
+def cmd_preload(ns: Namespace) -> int:
     from wasmrun.runtime import LoadError
 
     rt = _runtime(ns)
@@ -417,7 +429,7 @@ def cmd_preload(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cache(ns: argparse.Namespace) -> int:
+def cmd_cache(ns: Namespace) -> int:
     rt = _runtime(ns)
     if rt.cache.disk is None:
         _error("the disk cache is off (WASMRUN_CACHE_DIR=off)")
@@ -431,7 +443,7 @@ def cmd_cache(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ldd(ns: argparse.Namespace) -> int:
+def cmd_ldd(ns: Namespace) -> int:
     from wasmrun.runtime import LoadError
     from wasmrun.runtime.ldd import ldd
 
@@ -451,8 +463,11 @@ def cmd_ldd(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    ns = quick_parse(args)
+    if ns is None:
+        parser = build_parser(args[0] if args and args[0] in COMMANDS else None)
+        ns = parser.parse_args(args)
     try:
         commands = {
             "run": cmd_run,
@@ -463,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         return commands[ns.command](ns)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_CANCELLED
     except BrokenPipeError:
         return 141
 

@@ -1,32 +1,41 @@
-"""wasmrund's configuration: a TOML file, every key optional.
+"""wasmrund's configuration: a TOML file (``--config``), every key optional.
 
-    socket = "/run/wasmrun/wasmrund.sock"   # default: $XDG_RUNTIME_DIR/wasmrun/...
-    socket_mode = "0600"                     # "0660" with socket_group for a group
-    socket_group = "wasmrun"
-    cache_dir = "/var/cache/wasmrun"         # "off" disables the disk cache
-    cache_max_bytes = 1073741824
-    memory_budget = 1073741824               # in-memory module cache
-    concurrency = 4                          # runs executing at once
-    library_path = ["/usr/lib/wasm32-wasi"]  # searched after each request's own -L
-    preload = ["libc.so"]                    # compiled and cached at start
-    allowed_uids = [1000]                    # default: the daemon's own uid only
-    fuel = false                             # enable fuel limits (costs speed)
+::
 
-    [limits]                                 # defaults, and the most a client may ask
-    timeout = 30.0                           # seconds
+    socket = "/run/wasmrun/wasmrund.sock"    # default: see default_socket_path()
+    socket_mode = "0660"                      # default 0600, or 0660 with socket_group
+    socket_group = "wasmrun"                  # group owning the socket
+    allowed_uids = [1000, "alice"]            # default: the daemon's own uid; with
+                                              # socket_group: whoever can connect
+    cache_dir = "/var/cache/wasmrun"          # compiled code; "off" disables it
+    cache_max_bytes = 1073741824              # disk cache bound
+    memory_budget = 1073741824                # in-memory module cache bound
+    concurrency = 4                           # runs executing at once (worker threads)
+    library_path = ["/usr/lib/wasm32-wasi"]   # searched after each request's own dirs
+    preload = ["libc.so"]                     # compiled and cached at start
+    fuel = false                              # allow fuel limits (slower code)
+    drain_timeout = 30.0                      # on SIGTERM, seconds to let runs finish
+
+    [limits]                                  # defaults, and the most a client may ask
+    timeout = 30.0                            # wall-clock seconds per request
     max_timeout = 300.0
-    memory = 268435456                       # bytes of linear memory
+    memory = 268435456                        # bytes of linear memory
     max_memory = 1073741824
-    fuel = 1000000000
+    fuel = 1000000000                         # needs fuel = true
     max_fuel = 10000000000
 
-A bad file gives one line naming the file and the key.
+Every mistake is reported as one line naming the file and the key, before
+the daemon binds its socket, so a bad deployment fails at start rather than
+on the first request.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +43,13 @@ import attrs
 
 
 class ConfigError(Exception):
-    """The configuration file is unreadable or has a bad value."""
+    """The configuration file is unreadable or holds a bad value."""
 
 
-def default_socket_path(environ: dict[str, str] | None = None) -> str:
-    """``$XDG_RUNTIME_DIR/wasmrun/wasmrund.sock``, else a per-user directory
-    under /tmp (the same rule the client uses to find the daemon)."""
+def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
+    """``$XDG_RUNTIME_DIR/wasmrun/wasmrund.sock``, else
+    ``/tmp/wasmrun-$UID/wasmrund.sock``: per user, so a user's daemon is found
+    without configuration (the client applies the same rule)."""
     env = os.environ if environ is None else environ
     runtime_dir = env.get("XDG_RUNTIME_DIR")
     base = Path(runtime_dir) / "wasmrun" if runtime_dir else Path(f"/tmp/wasmrun-{os.getuid()}")
@@ -48,6 +58,9 @@ def default_socket_path(environ: dict[str, str] | None = None) -> str:
 
 @attrs.frozen
 class Limits:
+    """Per-request limits: a default when the client asks for nothing, and a
+    maximum that caps what it asks for. None: unlimited."""
+
     timeout: float | None = None
     max_timeout: float | None = None
     memory: int | None = None
@@ -56,49 +69,188 @@ class Limits:
     max_fuel: int | None = None
 
 
+def _default_concurrency() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
 @attrs.frozen
 class DaemonConfig:
+    """Everything the daemon needs to know at start; immutable while it runs."""
+
     socket: str | None = None
-    socket_mode: int = 0o600
+    socket_mode: int | None = None
     socket_group: str | None = None
+    allowed_uids: tuple[int, ...] | None = None
     cache_dir: str | None = None
     cache_max_bytes: int = 1 << 30
     memory_budget: int = 1 << 30
-    concurrency: int = attrs.field(factory=lambda: max(1, os.cpu_count() or 1))
+    concurrency: int = attrs.field(factory=_default_concurrency)
     library_path: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
-    allowed_uids: tuple[int, ...] | None = None
     fuel: bool = False
+    drain_timeout: float = 30.0
     limits: Limits = Limits()
 
+    @property
+    def effective_socket_mode(self) -> int:
+        """0600, or 0660 when a group is configured to share the socket."""
+        if self.socket_mode is not None:
+            return self.socket_mode
+        return 0o660 if self.socket_group else 0o600
+
     def uid_allowed(self, uid: int) -> bool:
-        allowed = self.allowed_uids if self.allowed_uids is not None else (os.getuid(),)
-        return uid in allowed
+        """Who may use the daemon once connected. Without a list: the daemon's
+        own user, or anyone able to connect when the socket is shared with a
+        group (the socket's permissions are then the gate)."""
+        if self.allowed_uids is not None:
+            return uid in self.allowed_uids
+        if self.socket_group:
+            return True
+        return uid == os.geteuid()
 
 
-def _expect(where: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"{where}: expected {what}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise ConfigError(f"{where}: expected {what}, got {value!r}")
+# -- checking values ------------------------------------------------------------
+
+
+def _fail(where: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, "a string", value)
     return value
 
 
-def _positive(where: str, value: Any, kinds: tuple[type, ...] = (int,)) -> Any:
-    _expect(where, value, kinds, "a positive number")
-    if value <= 0:
-        raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+def _positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail(where, "a positive integer", value)
     return value
+
+
+def _positive_number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _fail(where, "a positive number of seconds", value)
+    if value == float("inf"):
+        raise _fail(where, "a finite number of seconds", value)
+    return float(value)
 
 
 def _strings(where: str, value: Any) -> tuple[str, ...]:
-    _expect(where, value, (list,), "a list of strings")
-    for item in value:
-        _expect(where, item, (str,), "a list of strings")
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(where, "a list of non-empty strings", value)
     return tuple(value)
 
 
-def load_config(path: str | os.PathLike | None) -> DaemonConfig:
+def _mode(where: str, value: Any) -> int:
+    """An octal string ("0660") or a TOML integer (0o660)."""
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise _fail(where, 'an octal mode such as "0660"', value) from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise _fail(where, 'an octal mode such as "0660"', value)
+    if not 0 <= mode <= 0o777:
+        raise _fail(where, "permission bits (0000..0777)", value)
+    if mode & 0o600 != 0o600:
+        raise ConfigError(f"{where}: the daemon's own user needs read and write (0600)")
+    return mode
+
+
+def _group(where: str, value: Any) -> str:
+    name = _string(where, value)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        if not name.isdigit():
+            raise ConfigError(f"{where}: no such group {name!r}") from None
+    return name
+
+
+def _uids(where: str, value: Any) -> tuple[int, ...]:
+    """User ids or user names."""
+    if not isinstance(value, list):
+        raise _fail(where, "a list of user ids or names", value)
+    uids = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            uids.append(item)
+        elif isinstance(item, str):
+            try:
+                uids.append(pwd.getpwnam(item).pw_uid)
+            except KeyError:
+                raise ConfigError(f"{where}: no such user {item!r}") from None
+        else:
+            raise _fail(where, "a list of user ids or names", value)
+    return tuple(uids)
+
+
+_TOP = {
+    "socket": _string,
+    "socket_mode": _mode,
+    "socket_group": _group,
+    "allowed_uids": _uids,
+    "cache_dir": _string,
+    "cache_max_bytes": _positive_int,
+    "memory_budget": _positive_int,
+    "concurrency": _positive_int,
+    "library_path": _strings,
+    "preload": _strings,
+    "drain_timeout": _positive_number,
+}
+_LIMITS = {
+    "timeout": _positive_number,
+    "max_timeout": _positive_number,
+    "memory": _positive_int,
+    "max_memory": _positive_int,
+    "fuel": _positive_int,
+    "max_fuel": _positive_int,
+}
+
+
+def _unknown(where: str, key: str, known: Mapping[str, Any] | tuple[str, ...]) -> ConfigError:
+    return ConfigError(f"{where}{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def parse_config(doc: Mapping[str, Any], source: str = "<config>") -> DaemonConfig:
+    """A checked DaemonConfig from a parsed TOML document."""
+    kw: dict[str, Any] = {}
+    for key, value in doc.items():
+        where = f"{source}: {key}"
+        if key in _TOP:
+            kw[key] = _TOP[key](where, value)
+        elif key == "fuel":
+            if not isinstance(value, bool):
+                raise _fail(where, "true or false", value)
+            kw[key] = value
+        elif key == "limits":
+            if not isinstance(value, dict):
+                raise _fail(where, "a table ([limits])", value)
+            lim: dict[str, Any] = {}
+            for lkey, lvalue in value.items():
+                if lkey not in _LIMITS:
+                    raise _unknown(f"{source}: limits.", lkey, tuple(_LIMITS))
+                lim[lkey] = _LIMITS[lkey](f"{source}: limits.{lkey}", lvalue)
+            kw[key] = Limits(**lim)
+        else:
+            raise _unknown(f"{source}: ", key, (*_TOP, "fuel", "limits"))
+    config = DaemonConfig(**kw)
+    lim_ = config.limits
+    for name in ("timeout", "memory", "fuel"):
+        default, maximum = getattr(lim_, name), getattr(lim_, f"max_{name}")
+        if default is not None and maximum is not None and default > maximum:
+            raise ConfigError(
+                f"{source}: limits.{name} ({default}) is above limits.max_{name} ({maximum})"
+            )
+    if (lim_.fuel is not None or lim_.max_fuel is not None) and not config.fuel:
+        raise ConfigError(f"{source}: limits.fuel and limits.max_fuel need fuel = true")
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> DaemonConfig:
     """Read and check a configuration file (None: all defaults)."""
     if path is None:
         return DaemonConfig()
@@ -110,49 +262,3 @@ def load_config(path: str | os.PathLike | None) -> DaemonConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     return parse_config(doc, str(path))
-
-
-def parse_config(doc: dict[str, Any], source: str = "<config>") -> DaemonConfig:
-    kw: dict[str, Any] = {}
-    for key, value in doc.items():
-        where = f"{source}: {key}"
-        if key in ("socket", "socket_group", "cache_dir"):
-            kw[key] = _expect(where, value, (str,), "a string")
-        elif key == "socket_mode":
-            text = _expect(where, value, (str,), 'an octal string such as "0660"')
-            try:
-                mode = int(text, 8)
-            except ValueError:
-                raise ConfigError(f'{where}: expected an octal string such as "0660"') from None
-            if mode & ~0o777:
-                raise ConfigError(f"{where}: {text} is not a permission mode")
-            kw[key] = mode
-        elif key in ("cache_max_bytes", "memory_budget", "concurrency"):
-            kw[key] = _positive(where, value)
-        elif key in ("library_path", "preload"):
-            kw[key] = _strings(where, value)
-        elif key == "allowed_uids":
-            _expect(where, value, (list,), "a list of user ids")
-            for uid in value:
-                _expect(where, uid, (int,), "a list of user ids")
-            kw[key] = tuple(value)
-        elif key == "fuel":
-            kw[key] = _expect(where, value, (bool,), "true or false")
-        elif key == "limits":
-            _expect(where, value, (dict,), "a table")
-            lim: dict[str, Any] = {}
-            for lkey, lvalue in value.items():
-                lwhere = f"{source}: limits.{lkey}"
-                if lkey in ("timeout", "max_timeout"):
-                    lim[lkey] = float(_positive(lwhere, lvalue, (int, float)))
-                elif lkey in ("memory", "max_memory", "fuel", "max_fuel"):
-                    lim[lkey] = _positive(lwhere, lvalue)
-                else:
-                    raise ConfigError(f"{lwhere}: unknown key")
-            kw[key] = Limits(**lim)
-        else:
-            raise ConfigError(f"{where}: unknown key")
-    config = DaemonConfig(**kw)
-    if (config.limits.fuel or config.limits.max_fuel) and not config.fuel:
-        raise ConfigError(f"{source}: limits.fuel needs fuel = true")
-    return config

@@ -1,27 +1,29 @@
-"""Executing one request in a worker thread: protocol message in, response
-out. No I/O of its own beyond the client's descriptors, no trio.
+"""One request, executed in a worker thread: a validated protocol message in,
+a response message out. Synchronous and trio-free, so it is tested directly.
 
-The client's descriptors arrive with the request (SCM_RIGHTS). The guest
-writes straight to the client's stdout/stderr descriptors (through a WASI
-output callback: reopening ``/proc/self/fd/N`` would truncate a file the
-client opened for appending); stdin and preopened directories are reopened
-through ``/proc/self/fd/N``, which reaches exactly what the client opened,
-never a path of the daemon's choosing.
+Every failure becomes a typed ``Error`` response with the same one-line text
+the in-process ``wasmrun`` prints (load errors, traps, timeouts); anything
+unexpected becomes ``Error(kind="internal")`` with a one-line summary, never
+a traceback (that goes to the daemon's log).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from collections.abc import Mapping
-from functools import partial
+from typing import Any
 
 import attrs
 import wasmtime
 from wasmrun.protocol import (
+    MAX_STRING_BYTES,
     CallResult,
     Dlopen,
     Error,
+    Limits,
     Preload,
     PreloadResult,
     Request,
@@ -37,151 +39,303 @@ from wasmrun.runtime import (
     RunInterrupted,
     RunLimits,
     Runtime,
-    WasiOptions,
+    WasmrunError,
 )
+from wasmrun.runtime.search import SearchPath
 
 from .config import DaemonConfig
+from .peer import Peer
+from .stdio import ClientWasi
 
+log = logging.getLogger("wasmrund")
 
-def _write_all(fd: int, data: bytes) -> int | None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    return None
+DEFAULT_MAX_MEMORY = 1 << 32  # LinkOptions' default: wasm32's whole address space
 
 
 @attrs.frozen
-class FdWasiOptions(WasiOptions):
-    """WASI context over descriptors received from a client."""
+class Effective:
+    """The limits a request runs with, after defaults and maxima."""
 
-    stdin_fd: int | None = None
-    stdout_fd: int | None = None
-    stderr_fd: int | None = None
-    dir_fds: tuple[tuple[int, str], ...] = ()
-
-    def config(self) -> wasmtime.WasiConfig:
-        cfg = wasmtime.WasiConfig()
-        cfg.argv = list(self.args)
-        cfg.env = [list(kv) for kv in self.env]
-        if self.stdin_fd is not None:
-            cfg.stdin_file = f"/proc/self/fd/{self.stdin_fd}"
-        if self.stdout_fd is not None:
-            cfg.stdout_custom = partial(_write_all, self.stdout_fd)
-        if self.stderr_fd is not None:
-            cfg.stderr_custom = partial(_write_all, self.stderr_fd)
-        for dir_fd, guest in self.dir_fds:
-            cfg.preopen_dir(f"/proc/self/fd/{dir_fd}", guest)
-        return cfg
+    timeout: float | None
+    memory: int | None
+    fuel: int | None
 
 
-def roles_to_fds(roles: tuple[str, ...], fds: list[int]) -> dict[str, int]:
-    return dict(zip(roles, fds, strict=True))
-
-
-def _limits(config: DaemonConfig, requested) -> RunLimits:
-    """The client's limits, defaulted and capped by the configuration."""
+def effective_limits(config: DaemonConfig, asked: Limits) -> Effective:
+    """The client's limits, each defaulted and capped by the configuration."""
     lim = config.limits
 
-    def pick(asked, default, maximum):
-        value = asked if asked is not None else default
+    def pick(value: float | None, default: float | None, maximum: float | None) -> Any:
+        value = default if value is None else value
         if maximum is not None:
             value = maximum if value is None else min(value, maximum)
         return value
 
-    timeout_s = requested.timeout_ms / 1000 if requested.timeout_ms is not None else None
-    return RunLimits(
-        memory_bytes=pick(requested.memory_bytes, lim.memory, lim.max_memory),
-        timeout=pick(timeout_s, lim.timeout, lim.max_timeout),
-        fuel=pick(requested.fuel, lim.fuel, lim.max_fuel) if config.fuel else None,
+    timeout = asked.timeout_ms / 1000 if asked.timeout_ms is not None else None
+    return Effective(
+        timeout=pick(timeout, lim.timeout, lim.max_timeout),
+        memory=pick(asked.memory_bytes, lim.memory, lim.max_memory),
+        fuel=pick(asked.fuel, lim.fuel, lim.max_fuel) if config.fuel else None,
     )
 
 
-def _check_program(path: str, fd: int | None) -> str | None:
-    """The program the client named must be the file it opened for us."""
+NOT_VISIBLE = "(not visible to wasmrund)"
+"""Ends the message for a file the client opened but the daemon cannot see
+at its path (a private /tmp, another mount namespace, a rename): nothing
+ran, so the client runs the request in its own process instead."""
+
+
+def check_opened_file(path: str, fd: int | None) -> str | None:
+    """The file the client opened must be the one at ``path``: the daemon
+    then loads it by path (so RUNTIME_PATH and $ORIGIN work), yet only a file
+    the client could open itself. Returns the problem, or None."""
     if fd is None:
-        return f"{path}: the client must send the program as an open file"
+        return f"{path}: the client must send the file it names as an open descriptor"
     try:
-        a, b = os.fstat(fd), os.stat(path)
+        by_fd = os.fstat(fd)
+    except OSError as e:
+        return f"{path}: bad descriptor: {e.strerror}"
+    try:
+        by_path = os.stat(path)
+    except FileNotFoundError:
+        return f"{path}: not the file the client opened {NOT_VISIBLE}"
     except OSError as e:
         return f"{path}: cannot open file: {e.strerror}"
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
-        return f"{path}: the file the client opened is not the one at this path"
+    if (by_fd.st_dev, by_fd.st_ino) != (by_path.st_dev, by_path.st_ino):
+        return f"{path}: not the file the client opened {NOT_VISIBLE}"
     return None
 
 
-def _wasi(msg: Run | Dlopen, fds: Mapping[str, int], args: tuple[str, ...]) -> FdWasiOptions:
-    dirs = tuple((fd, role[4:]) for role, fd in fds.items() if role.startswith("dir:"))
-    return FdWasiOptions(
-        args=args,
-        env=tuple(msg.env) if isinstance(msg, Run) else (),
-        stdin_fd=fds.get("stdin"),
-        stdout_fd=fds.get("stdout"),
-        stderr_fd=fds.get("stderr"),
-        dir_fds=dirs,
-    )
+def _absolute(path: str, cwd: str) -> str | None:
+    """``path`` made absolute against the client's cwd; None if impossible."""
+    if os.path.isabs(path):
+        return path
+    return os.path.join(cwd, path) if cwd else None
+
+
+def _library_names(names: tuple[str, ...], cwd: str) -> tuple[str, ...] | str:
+    """Preload/library names: paths (with '/') made absolute, names kept."""
+    out = []
+    for name in names:
+        if "/" in name:
+            full = _absolute(name, cwd)
+            if full is None:
+                return f"{name}: a relative path needs the client's cwd"
+            out.append(full)
+        else:
+            out.append(name)
+    return tuple(out)
+
+
+def _clean_timings(timings: Mapping[str, float]) -> dict[str, float]:
+    """Timings as the protocol requires: finite non-negative floats."""
+    return {
+        str(k): float(v)
+        for k, v in timings.items()
+        if isinstance(v, int | float) and math.isfinite(v) and v >= 0
+    }
+
+
+def _fit(text: str, limit: int = MAX_STRING_BYTES - 64) -> str:
+    """``text`` cut to fit a protocol string (a trap in a deep recursion can
+    have a backtrace of thousands of frames)."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + "\n... (truncated)"
 
 
 def error_for(exc: BaseException, request_id: int) -> Error:
-    """Map a runtime failure to the protocol's typed error."""
+    """A runtime failure as the protocol's typed error, with the text the
+    in-process CLI prints (the client adds the same "wasmrun: " prefix)."""
     if isinstance(exc, RunInterrupted):
         kind = {"timeout": "timeout", "cancelled": "cancelled"}.get(exc.reason, "limit")
-        return Error(request_id=request_id, kind=kind, message=str(exc))
-    if isinstance(exc, LoadError):  # LimitError included: 127, as in process
-        return Error(request_id=request_id, kind="load", message=str(exc))
+        return Error(request_id=request_id, kind=kind, message=_fit(str(exc)))
+    if isinstance(exc, LoadError):  # including LimitError: 127, as in process
+        return Error(request_id=request_id, kind="load", message=_fit(str(exc)))
     if isinstance(exc, GuestTrap):
-        return Error(request_id=request_id, kind="trap", message=exc.render())
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+        return Error(request_id=request_id, kind="trap", message=_fit(exc.render()))
+    if isinstance(exc, WasmrunError):
+        return Error(request_id=request_id, kind="internal", message=_one_line(str(exc)))
+    text = _one_line(f"{type(exc).__name__}: {exc}")
     return Error(request_id=request_id, kind="internal", message=f"internal error: {text}")
 
 
-def execute(
-    runtime: Runtime,
-    config: DaemonConfig,
-    msg: Request,
-    fds: Mapping[str, int],
-    control: RunControl,
-) -> Response:
-    """Run one request to completion (in a worker thread)."""
-    rid = msg.request_id
-    t0 = time.perf_counter()
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "")[:2000]
+
+
+@attrs.define
+class Job:
+    """Everything one request needs in its worker thread."""
+
+    runtime: Runtime
+    config: DaemonConfig
+    peer: Peer
+    msg: Request
+    fds: Mapping[str, int]  # role -> descriptor (owned by the caller)
+    control: RunControl  # cancellation; the runtime adds the timeout to it
+    stdio: Mapping[str, str]  # role -> path for WASI (from the StdioRelay)
+
+
+def execute(job: Job) -> Response:
+    """Run one request to completion; never raises."""
+    rid = job.msg.request_id
     try:
-        if isinstance(msg, Run):
-            problem = _check_program(msg.program, fds.get("program"))
-            if problem is not None:
-                return Error(request_id=rid, kind="load", message=problem)
-            args = tuple(msg.args) if msg.args else (msg.program,)
-            result = runtime.run(
-                msg.program,
-                options=LinkOptions(bind_now=msg.bind_now, preload=tuple(msg.preload)),
-                limits=_limits(config, msg.limits),
-                control=control,
-                wasi=_wasi(msg, fds, args),
-                library_path=msg.library_path,
-            )
-            return RunResult(request_id=rid, exit_code=result.exit_code, timings=result.timings)
-        if isinstance(msg, Dlopen):
-            library = msg.library
-            if "program" in fds:
-                problem = _check_program(library, fds["program"])
-                if problem is not None:
-                    return Error(request_id=rid, kind="load", message=problem)
-            iset = runtime.open_library(
-                library,
-                options=LinkOptions(bind_now=msg.bind_now, preload=tuple(msg.preload)),
-                wasi=_wasi(msg, fds, (library,)),
-                limits=_limits(config, msg.limits),
-                control=control,
-                library_path=msg.library_path,
-            )
-            results = iset.call(msg.symbol, list(msg.args))
-            timings = {**iset.timings, "total": time.perf_counter() - t0}
-            return CallResult(request_id=rid, results=tuple(results), timings=timings)
-        if isinstance(msg, Preload):
-            loaded = runtime.preload(msg.libraries, library_path=msg.library_path)
-            return PreloadResult(request_id=rid, loaded=tuple(loaded))
-        return Error(request_id=rid, kind="protocol", message=f"cannot execute {msg!r}")
-    except wasmtime.ExitTrap as e:  # proc_exit from a library call
-        return Error(request_id=rid, kind="trap", message=f"the library called exit({e.code})")
+        if isinstance(job.msg, Run):
+            return _run(job, job.msg)
+        if isinstance(job.msg, Dlopen):
+            return _dlopen(job, job.msg)
+        if isinstance(job.msg, Preload):
+            return _preload(job, job.msg)
+        return Error(request_id=rid, kind="protocol", message=f"cannot execute {job.msg.TYPE}")
     except Exception as e:
+        if not isinstance(e, WasmrunError):
+            log.exception("request %d failed", rid)
         return error_for(e, rid)
+
+
+def _raise_if_stopped(control: RunControl) -> None:
+    """A run that ended on its own after we stopped it (cancelled or timed
+    out while blocked in stdio: the relay cut its pipes, so its I/O failed
+    and it exited) reports the interruption, not the exit status it chose."""
+    reason = control.reason
+    if reason == "timeout":
+        raise RunInterrupted(reason, f"run timed out after {control.timeout:g} s")
+    if reason is not None:
+        raise RunInterrupted(reason, f"run {reason}")
+
+
+def stopped_error(control: RunControl, request_id: int) -> Error | None:
+    """The Error for a request its control stopped, or None if it was not."""
+    try:
+        _raise_if_stopped(control)
+    except RunInterrupted as e:
+        return error_for(e, request_id)
+    return None
+
+
+def _wasi(job: Job, args: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> ClientWasi:
+    dirs = tuple((fd, role[4:]) for role, fd in job.fds.items() if role.startswith("dir:"))
+    return ClientWasi(args=args, env=env, stdio=job.stdio, dir_fds=dirs)
+
+
+def _refuse_unreadable(
+    job: Job, runtime: Runtime, path: str, options: LinkOptions, search: SearchPath
+) -> None:
+    """A peer of another user may only load files it could read itself."""
+    if job.peer.same_user:
+        return
+    plan = runtime.plan(path, options, search)
+    denied = job.peer.unreadable(pm.image.path for pm in plan.modules)
+    if denied is not None:
+        raise LoadError(f"{denied}: cannot open shared object file: Permission denied")
+
+
+def _run(job: Job, msg: Run) -> Response:
+    rid = msg.request_id
+    program = _absolute(msg.program, msg.cwd)
+    if program is None:
+        return Error(request_id=rid, kind="load", message=f"{msg.program}: not an absolute path")
+    problem = check_opened_file(program, job.fds.get("program"))
+    if problem is not None:
+        return Error(request_id=rid, kind="load", message=problem)
+    library_path = _library_names(msg.library_path, msg.cwd)
+    preload = _library_names(msg.preload, msg.cwd)
+    for value in (library_path, preload):
+        if isinstance(value, str):
+            return Error(request_id=rid, kind="load", message=value)
+    assert not isinstance(library_path, str) and not isinstance(preload, str)
+    limits = effective_limits(job.config, msg.limits)
+    options = LinkOptions(
+        bind_now=msg.bind_now,
+        max_memory=limits.memory or DEFAULT_MAX_MEMORY,
+        preload=preload,
+    )
+    runtime = job.runtime
+    _refuse_unreadable(job, runtime, program, options, runtime.search_path(library_path))
+    result = runtime.run(
+        program,
+        options=options,
+        limits=RunLimits(memory_bytes=limits.memory, timeout=limits.timeout, fuel=limits.fuel),
+        control=job.control,
+        wasi=_wasi(job, msg.args or (msg.program,), msg.env),
+        library_path=library_path,
+    )
+    _raise_if_stopped(job.control)
+    return RunResult(
+        request_id=rid,
+        exit_code=result.exit_code & 0xFFFFFFFF,
+        timings=_clean_timings(result.timings),
+    )
+
+
+def _dlopen(job: Job, msg: Dlopen) -> Response:
+    rid = msg.request_id
+    library = msg.library
+    if "/" in library:
+        if not os.path.isabs(library):
+            return Error(request_id=rid, kind="load", message=f"{library}: not an absolute path")
+        problem = check_opened_file(library, job.fds.get("program"))
+        if problem is not None:
+            return Error(request_id=rid, kind="load", message=problem)
+    preload = _library_names(msg.preload, "")
+    if isinstance(preload, str):
+        return Error(request_id=rid, kind="load", message=preload)
+    limits = effective_limits(job.config, msg.limits)
+    options = LinkOptions(
+        bind_now=msg.bind_now,
+        max_memory=limits.memory or DEFAULT_MAX_MEMORY,
+        preload=preload,
+    )
+    runtime = job.runtime
+    t0 = time.perf_counter()
+    if not job.peer.same_user:
+        search = runtime.search_path(msg.library_path)
+        path = library if "/" in library else search.find(library, os.getcwd() + "/.", ())
+        if path is not None:
+            _refuse_unreadable(job, runtime, path, options, search)
+    try:
+        iset = runtime.open_library(
+            library,
+            options=options,
+            wasi=_wasi(job, (library,), ()),
+            limits=RunLimits(memory_bytes=limits.memory, timeout=limits.timeout, fuel=limits.fuel),
+            control=job.control,
+            library_path=msg.library_path,
+        )
+        results = iset.call(msg.symbol, list(msg.args))
+    except wasmtime.ExitTrap as e:
+        _raise_if_stopped(job.control)
+        return Error(request_id=rid, kind="trap", message=exit_message(msg.symbol, e.code))
+    _raise_if_stopped(job.control)
+    values = []
+    for value in results:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return Error(
+                request_id=rid,
+                kind="load",
+                message=f"{msg.symbol}: returns a {type(value).__name__}, not a number",
+            )
+        values.append(value)
+    timings = {**iset.timings, "total": time.perf_counter() - t0}
+    return CallResult(request_id=rid, results=tuple(values), timings=_clean_timings(timings))
+
+
+def exit_message(symbol: str, code: int) -> str:
+    """What ``wasmrun call`` prints when the library calls exit(): like a
+    trap (the call did not return), on both paths."""
+    return f"wasm trap: exit({code}) called during {symbol}()"
+
+
+def _preload(job: Job, msg: Preload) -> Response:
+    rid = msg.request_id
+    if not job.peer.same_user:
+        return Error(
+            request_id=rid,
+            kind="load",
+            message="preload: only the daemon's own user may fill its cache",
+        )
+    loaded = job.runtime.preload(msg.libraries, library_path=msg.library_path)
+    return PreloadResult(request_id=rid, loaded=tuple(loaded))
