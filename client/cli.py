@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from argparse import ArgumentParser, Namespace
     from collections.abc import Callable, Sequence
 
-    from wasmrun.runtime import Runtime
+    from wasmrun.runtime import Runtime, WasmrunError
 
     from .remote import Session
 
@@ -316,8 +316,24 @@ def cmd_run(ns: Namespace) -> int:
     return _run_here(ns, env, args)
 
 
+def _report(e: WasmrunError) -> int:
+    """Print an in-process failure as the daemon path would; its exit status."""
+    from wasmrun.runtime import GuestTrap, LoadError, RunInterrupted
+
+    sys.stdout.flush()
+    if isinstance(e, GuestTrap):
+        print(e.render(), file=sys.stderr)
+        return EXIT_TRAP
+    _error(str(e))
+    if isinstance(e, LoadError):
+        return EXIT_LOAD_ERROR
+    if isinstance(e, RunInterrupted):
+        return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
+    return EXIT_INTERNAL
+
+
 def _run_here(ns: Namespace, env: dict[str, str], args: list[str]) -> int:
-    from wasmrun.runtime import GuestTrap, LinkOptions, LoadError, RunInterrupted, RunLimits
+    from wasmrun.runtime import LinkOptions, RunLimits, WasmrunError
 
     _default_signals()
     options = LinkOptions(
@@ -336,17 +352,8 @@ def _run_here(ns: Namespace, env: dict[str, str], args: list[str]) -> int:
             options=options,
             limits=RunLimits(memory_bytes=ns.max_memory, timeout=ns.timeout),
         )
-    except LoadError as e:
-        _error(str(e))
-        return EXIT_LOAD_ERROR
-    except GuestTrap as e:
-        sys.stdout.flush()
-        print(e.render(), file=sys.stderr)
-        return EXIT_TRAP
-    except RunInterrupted as e:
-        sys.stdout.flush()
-        _error(str(e))
-        return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
+    except WasmrunError as e:
+        return _report(e)
     return result.exit_code
 
 
@@ -361,14 +368,7 @@ def cmd_call(ns: Namespace) -> int:
 
 def _call_here(ns: Namespace) -> int:
     import wasmtime
-    from wasmrun.runtime import (
-        GuestTrap,
-        LinkOptions,
-        LoadError,
-        RunInterrupted,
-        RunLimits,
-        WasmrunError,
-    )
+    from wasmrun.runtime import LinkOptions, RunLimits, WasmrunError
 
     _default_signals()
     try:
@@ -379,24 +379,12 @@ def _call_here(ns: Namespace) -> int:
             limits=RunLimits(timeout=ns.timeout),
         )
         results = lib.call(ns.symbol, ns.args)
-    except LoadError as e:
-        _error(str(e))
-        return EXIT_LOAD_ERROR
-    except GuestTrap as e:
-        sys.stdout.flush()
-        print(e.render(), file=sys.stderr)
-        return EXIT_TRAP
     except wasmtime.ExitTrap as e:
         sys.stdout.flush()
         print(_exit_message(ns.symbol, e.code), file=sys.stderr)
         return EXIT_TRAP
-    except RunInterrupted as e:
-        sys.stdout.flush()
-        _error(str(e))
-        return EXIT_INTERRUPTED.get(e.reason, EXIT_TRAP)
     except WasmrunError as e:
-        _error(str(e))
-        return EXIT_INTERNAL
+        return _report(e)
     for value in results:
         print(value)
     return 0
