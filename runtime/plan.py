@@ -206,13 +206,8 @@ class _Loader:
 
     def resolve(self, name: str, requester: ModuleImage) -> str:
         rpath = requester.dylink.runtime_path if requester.dylink else ()
-        tried = self.search.candidates(name, requester.path, rpath)
-        found = None
-        for cand in tried:
-            if os.path.isfile(cand):
-                found = cand
-                break
-            self.misses.append(cand)
+        found, tried = self.search.lookup(name, requester.path, rpath)
+        self.misses.extend(tried)
         if found is None:
             where = (
                 f"; searched {', '.join(os.path.dirname(t) or '.' for t in tried)}"

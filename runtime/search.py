@@ -61,7 +61,16 @@ class SearchPath:
         return [os.path.join(d, name) for d in dict.fromkeys(dirs)]  # each directory once
 
     def find(self, name: str, requester_path: str, runtime_path: Sequence[str]) -> str | None:
+        return self.lookup(name, requester_path, runtime_path)[0]
+
+    def lookup(
+        self, name: str, requester_path: str, runtime_path: Sequence[str]
+    ) -> tuple[str | None, list[str]]:
+        """The first existing candidate, and the candidates tried before it
+        (a cached plan is stale if one of those appears later)."""
+        misses = []
         for cand in self.candidates(name, requester_path, runtime_path):
             if os.path.isfile(cand):
-                return cand
-        return None
+                return cand, misses
+            misses.append(cand)
+        return None, misses
