@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 import wasmtime
 
-from .cache import DEFAULT_BUDGET, ModuleCache
+from .cache import DEFAULT_BUDGET, CodeSource, ModuleCache
 from .diskcache import (
     DEFAULT_MAX_BYTES,
     ENV_CACHE_DIR,
@@ -146,7 +146,9 @@ class Runtime:
 
     ``disk_cache``: True (default) keeps compiled code in ``$WASMRUN_CACHE_DIR``
     or ``$XDG_CACHE_HOME/wasmrun`` (``WASMRUN_CACHE_DIR=off`` disables it),
-    a path puts it there, False turns it off. ``memory_budget`` bounds the
+    a path puts it there, False turns it off. ``code_source`` replaces both
+    compiling and the disk cache (wasmrund's workers get code from the
+    daemon this way). ``memory_budget`` bounds the
     in-memory module cache (bytes); ``plan_cache_size`` the number of link
     plans kept.
     """
@@ -162,6 +164,7 @@ class Runtime:
         memory_budget: int = DEFAULT_BUDGET,
         plan_cache_size: int = 256,
         fuel: bool = False,
+        code_source: CodeSource | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.fuel = fuel
@@ -170,7 +173,7 @@ class Runtime:
         disk = _disk_cache(
             disk_cache, self.engine, env, disk_cache_max_bytes, engine_settings(fuel)
         )
-        self.cache = ModuleCache(self.engine, memory_budget, disk)
+        self.cache = ModuleCache(self.engine, memory_budget, disk, code_source)
         self.generated = GeneratedModules(self.engine, self.cache.compile)
         self.host_linker = make_host_linker(self.engine)
         self.search = SearchPath.create(library_path, dict(env), default_library_path)
