@@ -317,7 +317,11 @@ class Runtime:
             loader=(self.cache, search or self.search),
         )
         iset.timings["compile"] = t1 - t0
-        iset.initialize()
+        try:
+            iset.initialize()
+        except BaseException:
+            iset.close()  # free the Store now, not when a traceback lets go of it
+            raise
         return iset
 
     def run(
@@ -361,7 +365,10 @@ class Runtime:
                 stderr=stderr,
             )
         iset = self.instantiate(plan, wasi, limits, control, search)
-        code = iset.run_start()
+        try:
+            code = iset.run_start()
+        finally:
+            iset.close()
         timings = {**plan_timings, "plan": t1 - t0, **iset.timings}
         return RunResult(code, timings)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,29 @@ class Handle:
         self.is_global = bool(flags & RTLD_GLOBAL) or flags == 0
 
 
+class _WeakHostCall:
+    """A host function's Python side that does not keep its run alive.
+
+    wasmtime-py keeps the callable of every ``wasmtime.Func`` in a global
+    table until the Store is deleted. A bound method of the run's loader
+    would make that table own the loader, its instance set and so the Store
+    itself: nothing of the run (memory, the WASI context's open files) would
+    ever be freed. Holding the loader weakly breaks that loop.
+    """
+
+    __slots__ = ("_loader", "_method")
+
+    def __init__(self, loader: DynamicLinker, method: str) -> None:
+        self._loader = weakref.ref(loader)
+        self._method = method
+
+    def __call__(self, *args: int) -> int:
+        loader = self._loader()
+        if loader is None:
+            raise wasmtime.Trap("the run this function belonged to is over")
+        return getattr(loader, self._method)(*args)
+
+
 def _align(x: int, log2: int) -> int:
     a = 1 << log2
     return (x + a - 1) & ~(a - 1)
@@ -113,7 +137,9 @@ class DynamicLinker:
     """Run-time loading for one instance set. Not thread-safe (one run)."""
 
     def __init__(self, iset: InstanceSet, cache: ModuleCache, search: SearchPath) -> None:
-        self.iset = iset
+        # Weak: the instance set owns this loader, not the other way round,
+        # so dropping the instance set frees the run without waiting for gc.
+        self._iset = weakref.ref(iset)
         self.cache = cache
         self.search = search
         self.store = iset.store
@@ -143,18 +169,26 @@ class DynamicLinker:
         self._keep: list[object] = []  # PLT instances etc. kept alive with the run
         self._register_lazy_from_plan()
 
+    @property
+    def iset(self) -> InstanceSet:
+        iset = self._iset()
+        if iset is None:
+            raise DlError("the run this loader belonged to is over", errno.EIO)
+        return iset
+
     # -- host functions -------------------------------------------------------
 
     def host_function(self, name: str) -> wasmtime.Func:
         """The ``dyld.<name>`` function bound to this run."""
         func = self._host_funcs.get(name)
         if func is None:
-            impl: Callable[..., int] = getattr(self, f"_dyld_{name}")
+            if not callable(getattr(self, f"_dyld_{name}", None)):
+                raise LoadError(f"unknown dyld function {name}")
             ft = DYLD_FUNCTIONS[name]
             wt = wasmtime.FuncType(
                 [wasmtime.ValType.i32() for _ in ft.params], [wasmtime.ValType.i32()]
             )
-            func = wasmtime.Func(self.store, wt, impl)
+            func = wasmtime.Func(self.store, wt, _WeakHostCall(self, f"_dyld_{name}"))
             self._host_funcs[name] = func
         return func
 
@@ -458,20 +492,26 @@ class DynamicLinker:
         return mi
 
     def _dfs_order(self, root: int, new: set[int]) -> list[int]:
+        """Dependencies first (post-order). Iterative: a recursive closure
+        refers to itself and to ``self``, a cycle that would keep this run
+        alive until the garbage collector runs."""
         order: list[int] = []
         seen: set[int] = set()
-
-        def visit(mi: int) -> None:
-            seen.add(mi)
-            for d in self.modules[mi].needed:
-                if d in new and d not in seen:
-                    visit(d)
-            order.append(mi)
-
-        visit(root)
-        for mi in sorted(new):
-            if mi not in seen:
-                visit(mi)
+        for start in (root, *sorted(new)):
+            if start in seen:
+                continue
+            seen.add(start)
+            stack = [(start, iter(self.modules[start].needed))]
+            while stack:
+                mi, deps = stack[-1]
+                for d in deps:
+                    if d in new and d not in seen:
+                        seen.add(d)
+                        stack.append((d, iter(self.modules[d].needed)))
+                        break
+                else:
+                    stack.pop()
+                    order.append(mi)
         return order
 
     def _layout(self, new: list[int]) -> None:
@@ -759,21 +799,20 @@ class DynamicLinker:
         func = self._host_funcs.get("__cxa_atexit")
         if func is not None:
             return func
-
-        def atexit(fn: int, arg: int, dso: int) -> int:
-            for m in self.modules:
-                if m.dynamic and not m.closed and m.dso_handle == dso:
-                    m.dtors.append((fn, arg))
-                    return 0
-            owner = self._global_lookup("__cxa_atexit", KIND_FUNC)
-            if owner is None:
-                return 0
-            return self._export(owner, "__cxa_atexit")(self.store, fn, arg, dso)
-
         wt = wasmtime.FuncType([wasmtime.ValType.i32()] * 3, [wasmtime.ValType.i32()])
-        func = wasmtime.Func(self.store, wt, atexit)
+        func = wasmtime.Func(self.store, wt, _WeakHostCall(self, "_cxa_atexit"))
         self._host_funcs["__cxa_atexit"] = func
         return func
+
+    def _cxa_atexit(self, fn: int, arg: int, dso: int) -> int:
+        for m in self.modules:
+            if m.dynamic and not m.closed and m.dso_handle == dso:
+                m.dtors.append((fn, arg))
+                return 0
+        owner = self._global_lookup("__cxa_atexit", KIND_FUNC)
+        if owner is None:
+            return 0
+        return self._export(owner, "__cxa_atexit")(self.store, fn, arg, dso)
 
     def _register_lazy_from_plan(self) -> None:
         """Load-time functions that were missing: a later RTLD_GLOBAL library

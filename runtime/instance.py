@@ -226,8 +226,10 @@ class InstanceSet:
         try:
             self._build()
         except wasmtime.Trap as e:
+            self.close()
             raise self._failure(e) from None
         except wasmtime.WasmtimeError as e:
+            self.close()
             if self.limits.memory_bytes is not None and "limit" in str(e):
                 need = plan.memory_pages * 65536
                 raise LimitError(
@@ -235,7 +237,45 @@ class InstanceSet:
                     f"over the run's memory limit of {self.limits.memory_bytes} bytes"
                 ) from None
             raise SymbolError(f"cannot instantiate: {_trap_reason(str(e))}") from None
+        except BaseException:
+            self.close()
+            raise
         self.timings["instantiate"] = time.perf_counter() - t0
+
+    # -- end of the run -------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the run now: its Store (memory, tables, instances), the files
+        its WASI context opened, and the host functions wasmtime-py keeps
+        for the Store in a global table.
+
+        Dropping the last reference does the same, but a traceback or a
+        caller's variable can keep an instance set alive for a while; a
+        daemon serving thousands of runs must not hold their descriptors
+        until the garbage collector comes by. Idempotent; using the set
+        afterwards raises ``ValueError`` from wasmtime-py.
+        """
+        self._dynamic = None
+        self.instances = [None] * len(self.instances)
+        self._sources = [None] * len(self._sources)
+        store = self.store
+        if store is not None:
+            store.close()
+        self._epoch_callback = None
+
+    @property
+    def closed(self) -> bool:
+        try:
+            self.store.ptr()
+        except ValueError:
+            return True
+        return False
+
+    def __enter__(self) -> InstanceSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- construction ---------------------------------------------------------
 
@@ -259,7 +299,13 @@ class InstanceSet:
 
     def _failure(self, err: BaseException) -> WasmrunError:
         """The error to raise for a trap: an interruption if the controller
-        asked for one, otherwise the guest's own trap."""
+        asked for one, otherwise the guest's own trap.
+
+        The original exception is cut from its traceback: wasmtime-py's
+        frames and the exception refer to each other, and that cycle would
+        keep this instance set alive until the garbage collector runs.
+        """
+        _drop_tracebacks(err)
         if isinstance(err, WasmrunError):
             return err
         if not isinstance(err, wasmtime.WasmtimeError | wasmtime.Trap):
@@ -534,6 +580,16 @@ class InstanceSet:
         if r is None:
             return []
         return list(r) if isinstance(r, tuple | list) else [r]
+
+
+def _drop_tracebacks(err: BaseException | None) -> None:
+    """Cut an exception (and those it was raised from) loose from the frames
+    it went through; see :meth:`InstanceSet._failure`."""
+    seen = 0
+    while err is not None and seen < 16:
+        err.__traceback__ = None
+        err = err.__context__
+        seen += 1
 
 
 def _signed(v: int) -> int:
