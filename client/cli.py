@@ -83,12 +83,6 @@ def _guest_env(pairs: list[tuple[str, str | None]]) -> dict[str, str]:
     return env
 
 
-def _exit_message(symbol: str, code: int) -> str:
-    """A library calling exit() during ``call``: reported like a trap (the
-    call did not return); the daemon sends the same text."""
-    return f"wasm trap: exit({code}) called during {symbol}()"
-
-
 # -- the daemon path ---------------------------------------------------------------
 
 
@@ -318,12 +312,15 @@ def cmd_run(ns: Namespace) -> int:
 
 def _report(e: WasmrunError) -> int:
     """Print an in-process failure as the daemon path would; its exit status."""
-    from wasmrun.runtime import GuestTrap, LoadError, RunInterrupted
+    from wasmrun.runtime import GuestExit, GuestTrap, LoadError, RunInterrupted
 
     sys.stdout.flush()
     if isinstance(e, GuestTrap):
         print(e.render(), file=sys.stderr)
         return EXIT_TRAP
+    if isinstance(e, GuestExit):  # the guest's own status, and what it cut short
+        _error(str(e))
+        return e.code
     _error(str(e))
     if isinstance(e, LoadError):
         return EXIT_LOAD_ERROR
@@ -367,23 +364,18 @@ def cmd_call(ns: Namespace) -> int:
 
 
 def _call_here(ns: Namespace) -> int:
-    import wasmtime
     from wasmrun.runtime import LinkOptions, RunLimits, WasmrunError
 
     _default_signals()
     try:
         rt = _runtime(ns)
-        lib = rt.open_library(
+        with rt.open_library(
             ns.library,
             options=LinkOptions(bind_now=ns.bind_now, preload=tuple(ns.preload)),
             limits=RunLimits(timeout=ns.timeout),
-        )
-        results = lib.call(ns.symbol, ns.args)
-    except wasmtime.ExitTrap as e:
-        sys.stdout.flush()
-        print(_exit_message(ns.symbol, e.code), file=sys.stderr)
-        return EXIT_TRAP
-    except WasmrunError as e:
+        ) as lib:
+            results = lib.call(ns.symbol, ns.args)
+    except WasmrunError as e:  # GuestExit: exit(N) in a constructor or the call
         return _report(e)
     for value in results:
         print(value)

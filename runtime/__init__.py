@@ -7,6 +7,7 @@ Synchronous and socket-free; the CLI and the daemon are thin layers over
 from .api import RunResult, Runtime, WasiOptions, make_engine
 from .errors import (
     BinaryFormatError,
+    GuestExit,
     GuestTrap,
     LimitError,
     LoadError,
@@ -20,6 +21,7 @@ from .plan import LinkOptions, LinkPlan
 
 __all__ = [
     "BinaryFormatError",
+    "GuestExit",
     "GuestTrap",
     "InstanceSet",
     "LimitError",

@@ -32,7 +32,7 @@ from .diskcache import (
     default_cache_dir,
     engine_fingerprint,
 )
-from .errors import LimitError, LoadError
+from .errors import GuestExit, LimitError, LoadError
 from .instance import GeneratedModules, InstanceSet, make_host_linker
 from .limits import EpochTicker, RunControl, RunLimits
 from .plan import LinkOptions, LinkPlan, Planner
@@ -347,7 +347,8 @@ class Runtime:
         ``library_path`` replaces the runtime's own search directories.
         Raises LoadError (and subclasses) for link failures, GuestTrap when
         the guest traps and RunInterrupted when a limit or a controller stops
-        it.
+        it. ``exit(N)`` anywhere (``main``, a library constructor or
+        destructor, a dlopen'ed library) gives ``exit_code`` N.
         """
         t0 = time.perf_counter()
         search = self.search_path(library_path)
@@ -364,7 +365,10 @@ class Runtime:
                 stdout=stdout,
                 stderr=stderr,
             )
-        iset = self.instantiate(plan, wasi, limits, control, search)
+        try:
+            iset = self.instantiate(plan, wasi, limits, control, search)
+        except GuestExit as e:  # exit() in a library's constructor ends the run
+            return RunResult(e.code, {**plan_timings, "plan": t1 - t0})
         try:
             code = iset.run_start()
         finally:
@@ -382,7 +386,11 @@ class Runtime:
         library_path: Sequence[str] | None = None,
     ) -> InstanceSet:
         """Load a shared library with its dependencies into a fresh instance
-        set and run its constructors; call functions with ``.call``."""
+        set and run its constructors; call functions with ``.call``.
+
+        Raises :class:`GuestExit` when a constructor calls ``exit()``. Close
+        the instance set (``.close()`` or ``with``) to free it at once.
+        """
         search = self.search_path(library_path)
         path = library if "/" in library else self._find_library(library, search)
         plan = self.plan(path, options, search)

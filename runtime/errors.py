@@ -59,6 +59,27 @@ class GuestTrap(WasmrunError):
         return "\n".join(lines)
 
 
+class GuestExit(WasmrunError):
+    """The guest called ``exit(code)`` where no program status is expected.
+
+    ``Runtime.run`` turns an exit anywhere (``_start``, a library constructor
+    or destructor, a dlopen'ed library) into the run's exit status; this is
+    raised when the exit ends something that has no status of its own: the
+    constructors run by ``Runtime.open_library`` or a function called with
+    ``InstanceSet.call``. ``during`` says what was running, e.g.
+    ``"constructor of libfoo.so"`` or ``"greet()"``; ``str(err)`` is one
+    line, ``exit(3) called during constructor of libfoo.so``.
+    """
+
+    def __init__(self, code: int, during: str) -> None:
+        self.code = code
+        self.during = during
+        super().__init__(f"exit({code}) called during {during}")
+
+    def __reduce__(self):  # picklable despite the two-argument constructor
+        return (GuestExit, (self.code, self.during))
+
+
 class RunInterrupted(WasmrunError):
     """The run was stopped from outside: ``reason`` is "timeout" or
     "cancelled" (or another word a controller gave)."""

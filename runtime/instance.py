@@ -23,7 +23,15 @@ from wasmtime._extern import wrap_extern
 from wasmtime._func import enter_wasm
 
 from . import codegen
-from .errors import GuestTrap, LimitError, LoadError, RunInterrupted, SymbolError, WasmrunError
+from .errors import (
+    GuestExit,
+    GuestTrap,
+    LimitError,
+    LoadError,
+    RunInterrupted,
+    SymbolError,
+    WasmrunError,
+)
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
 from .recipe import (
@@ -217,6 +225,7 @@ class InstanceSet:
         self._epoch_callback = None
         self._loader = loader  # (ModuleCache, SearchPath) for guest dlopen
         self._dynamic = None
+        self._running = "start-up"  # what guest code runs now, for GuestExit
         self._apply_limits(fuel)
         self.instances: list[wasmtime.Instance | None] = [None] * len(plan.modules)
         self._engine = engine
@@ -297,9 +306,10 @@ class InstanceSet:
             return self._ticker
         return contextlib.nullcontext()
 
-    def _failure(self, err: BaseException) -> WasmrunError:
+    def _failure(self, err: BaseException, during: str | None = None) -> WasmrunError:
         """The error to raise for a trap: an interruption if the controller
-        asked for one, otherwise the guest's own trap.
+        asked for one, otherwise the guest's own trap; an ``exit()`` becomes
+        :class:`GuestExit` naming ``during`` (what was running).
 
         The original exception is cut from its traceback: wasmtime-py's
         frames and the exception refer to each other, and that cycle would
@@ -308,6 +318,8 @@ class InstanceSet:
         _drop_tracebacks(err)
         if isinstance(err, WasmrunError):
             return err
+        if isinstance(err, wasmtime.ExitTrap):
+            return GuestExit(err.code, during or "the program")
         if not isinstance(err, wasmtime.WasmtimeError | wasmtime.Trap):
             return WasmrunError(f"internal error: {type(err).__name__}: {err}")
         reason = self.control.reason if self.control is not None else None
@@ -431,6 +443,8 @@ class InstanceSet:
         module = pm.image.module()
         try:
             inst = _new_instance(store, module, arr, len(sources))
+        except wasmtime.ExitTrap as e:  # the module's start function called exit()
+            raise GuestExit(e.code, f"start function of {pm.image.display}") from None
         except wasmtime.Trap as e:
             raise format_trap(e) from None
         except wasmtime.WasmtimeError as e:
@@ -494,13 +508,12 @@ class InstanceSet:
     def initialize(self) -> None:
         """TLS, data relocations, then library constructors (dependencies first)."""
         t0 = time.perf_counter()
+        self._running = "start-up"
         try:
             with self._guest():
                 self._initialize()
-        except wasmtime.ExitTrap:
-            raise
-        except Exception as e:  # traps, and errors raised by host functions
-            raise self._failure(e) from None
+        except Exception as e:  # traps, exit(), and errors raised by host functions
+            raise self._failure(e, self._running) from None
         self.timings["init"] = time.perf_counter() - t0
 
     def _initialize(self) -> None:
@@ -508,16 +521,19 @@ class InstanceSet:
         for mi in plan.inst_order:
             pm = plan.modules[mi]
             if pm.tls_base is not None:
+                self._running = f"TLS set-up of {pm.image.display}"
                 get_export(store, self.instances[mi], "__wasm_init_tls")(store, pm.tls_base)
         for mi in plan.inst_order:
             f = self._own_export(mi, "__wasm_apply_data_relocs")
             if f is not None:
+                self._running = f"data relocation of {plan.modules[mi].image.display}"
                 f(store)
         for mi in plan.inst_order:
             if mi == plan.root and plan.modules[mi].image.is_executable:
                 continue  # _start runs the program's own constructors
             f = self._own_export(mi, "__wasm_call_ctors") or self._own_export(mi, "_initialize")
             if f is not None:
+                self._running = f"constructor of {plan.modules[mi].image.display}"
                 f(store)
 
     def _own_export(self, mi: int, name: str) -> wasmtime.Func | None:
@@ -539,6 +555,7 @@ class InstanceSet:
                 start(self.store)
             return 0
         except wasmtime.ExitTrap as e:
+            _drop_tracebacks(e)  # see _failure: a cycle through this frame
             return e.code
         except Exception as e:  # traps, and errors raised by host functions
             raise self._failure(e) from None
@@ -560,6 +577,9 @@ class InstanceSet:
     ) -> list[int | float]:
         """Call an exported function of the global scope with numeric args.
 
+        Raises :class:`GuestExit` if the function calls ``exit()``,
+        :class:`GuestTrap` if it traps.
+
         With ``flush``, the C library's buffered output is flushed afterwards
         (``fflush(NULL)``, what ``exit`` would do), so that what the library
         printed reaches its stdout even though no program exits.
@@ -573,10 +593,8 @@ class InstanceSet:
                 fflush = self.lookup("fflush") if flush else None
                 if isinstance(fflush, wasmtime.Func):
                     fflush(self.store, 0)
-        except wasmtime.ExitTrap:
-            raise
-        except Exception as e:  # traps, and errors raised by host functions
-            raise self._failure(e) from None
+        except Exception as e:  # traps, exit(), and errors raised by host functions
+            raise self._failure(e, f"{symbol}()") from None
         if r is None:
             return []
         return list(r) if isinstance(r, tuple | list) else [r]

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasmrun.runtime import GuestTrap, RunControl, RunInterrupted, Runtime, instance
+from wasmrun.runtime import (
+    GuestExit,
+    GuestTrap,
+    RunControl,
+    RunInterrupted,
+    Runtime,
+    WasiOptions,
+    instance,
+)
 from wasmrun.runtime.dlopen import RTLD_NOW, DynamicLinker
 
 MIB = 1 << 20
@@ -101,6 +109,14 @@ def test_a_finished_run_is_freed_without_the_garbage_collector(
     def runs() -> None:
         for name in ("dlmain.wasm", "lazymain.wasm", "toymain.wasm", "hello.wasm"):
             runtime.run(str(corpus / name), stdout=os.devnull, stderr=os.devnull)
+        for name in ("exitctormain.wasm", "dlexitmain.wasm", "exitdtormain.wasm"):
+            assert runtime.run(str(corpus / name), stdout=os.devnull).exit_code
+        try:
+            runtime.open_library(
+                str(corpus / "libexitctor.so"), wasi=WasiOptions(stdout=os.devnull)
+            )
+        except GuestExit:
+            pass
         assert runtime.run(str(corpus / "io.wasm"), args=["io", "7"], stdout=os.devnull).exit_code
         try:
             runtime.run(str(corpus / "trap.wasm"), stdout=os.devnull, stderr=os.devnull)
