@@ -191,7 +191,12 @@ class Session:
         """Send a request and wait for its answer. The first Ctrl-C sends
         ``cancel`` (the daemon stops the guest and answers "cancelled"); a
         second one gives up waiting (closing the connection also stops it)."""
-        self.send(frame, fds)
+        try:
+            self.send(frame, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            # The daemon answered and closed before reading our request (a
+            # refusal): its answer may still be waiting to be read.
+            return self.receive()
         cancel = wire.simple_request("cancel", request_id)
 
         def on_interrupt(_signum: int, _frame: object) -> None:

@@ -35,6 +35,9 @@ EXIT_CODES = {
     "timeout": 124,
     "cancelled": 130,
     "internal": 70,
+    "refused": 76,
+    "busy": 75,
+    "shutdown": 75,
 }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -74,6 +76,17 @@ def _cache_setting(explicit: str | None) -> bool | str:
     return value
 
 
+def _raise_nofile_limit(log: logging.Logger) -> None:
+    """Raise the soft descriptor limit to the hard one: every connection
+    costs a descriptor, and running out must not be the first limit hit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -110,43 +123,98 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["preload"] = (*config.preload, *ns.preload)
     config = attrs.evolve(config, **overrides)
 
+    _raise_nofile_limit(log)
+    from .identity import can_change_identity, own_identity
+
+    own = own_identity()
+    changes = can_change_identity()
+    if not changes and config.allowed_uids and set(config.allowed_uids) - {own.uid}:
+        log.warning(
+            "allowed_uids lists other users, but this daemon cannot change identity "
+            "(it needs root, or CAP_SETUID and CAP_SETGID): it serves uid %d only",
+            own.uid,
+        )
+
+    # The zygote is forked before this process creates an engine, a thread
+    # or the disk cache's key: it must be a clean, key-less copy.
+    from . import zygote
+
+    zygote_pid, zygote_sock = zygote.start(config)
+
     import trio
-    from wasmrun.runtime import LoadError, Runtime
+    from wasmrun.runtime import Runtime
 
+    from .codestore import CodeStore
+    from .scheduler import PoolLimits, Scheduler
     from .server import ListenError, Server, bind_socket
+    from .workers import SpawnFailed, WorkerLimits, Zygote
 
-    runtime = Runtime(
-        default_library_path=config.library_path,
+    front_runtime = Runtime(
         environ={k: v for k, v in os.environ.items() if k in ("XDG_CACHE_HOME", "HOME")},
         disk_cache=_cache_setting(config.cache_dir),
         disk_cache_max_bytes=config.cache_max_bytes,
         memory_budget=config.memory_budget,
         fuel=config.fuel,
     )
-    if config.preload:
+    store = CodeStore(front_runtime.cache, config.memory_budget)
+    handle = Zygote(zygote_pid, zygote_sock)
+    worker_limits = WorkerLimits(
+        max_fds=config.worker_max_fds, max_data=config.effective_worker_memory
+    )
+    pool = PoolLimits(
+        max_workers=config.concurrency,
+        max_workers_per_uid=config.effective_workers_per_uid,
+        max_queued_per_uid=config.queue_per_uid,
+        idle_timeout=config.worker_idle_timeout,
+        max_requests=config.worker_max_requests,
+    )
+    owned: list[tuple[str, int]] = []
+
+    async def serve() -> int:
         try:
-            loaded = runtime.preload(config.preload, library_path=())
-        except LoadError as e:
-            print(f"wasmrund: preload: {e}", file=sys.stderr)
+            loaded = await handle.start(store)
+        except SpawnFailed as e:
+            print(f"wasmrund: {e}", file=sys.stderr)
             return 1
-        log.info("preloaded %d module(s)", len(loaded))
+        if loaded:
+            log.info("preloaded %d module(s)", len(loaded))
+        try:
+            listener, where = bind_socket(config)
+        except ListenError as e:
+            print(f"wasmrund: {e}", file=sys.stderr)
+            return 1
+        if not where.endswith("(from systemd)"):
+            owned.append((where, os.stat(where).st_ino))
+        log.info(
+            "listening on %s (%d workers, pid %d, %s)",
+            where,
+            config.concurrency,
+            os.getpid(),
+            "workers take each client's identity" if changes else f"serving uid {own.uid} only",
+        )
+        scheduler: Scheduler = Scheduler(
+            pool, lambda identity: handle.spawn(identity, worker_limits)
+        )
+        server = Server(config, scheduler, store, own=own, can_change_identity=changes)
+        await server.serve(listener)
+        return 0
+
+    status = 1
     try:
-        listener, where = bind_socket(config)
-    except ListenError as e:
-        print(f"wasmrund: {e}", file=sys.stderr)
-        return 1
-    log.info("listening on %s (concurrency %d, pid %d)", where, config.concurrency, os.getpid())
-    owned = None if where.endswith("(from systemd)") else where
-    ident = os.stat(owned).st_ino if owned else None
-    try:
-        trio.run(Server(config, runtime).serve, listener)
+        status = trio.run(serve)
     finally:
-        if owned is not None:
+        for path, ino in owned:
             try:  # remove our socket file, unless another daemon replaced it
-                if os.stat(owned).st_ino == ident:
-                    os.unlink(owned)
+                if os.stat(path).st_ino == ino:
+                    os.unlink(path)
             except OSError:
                 pass
+        try:
+            os.kill(zygote_pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if status:
+        os._exit(status)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,7 +10,19 @@
     cache_dir = "/var/cache/wasmrun"          # compiled code; "off" disables it
     cache_max_bytes = 1073741824              # disk cache bound
     memory_budget = 1073741824                # in-memory module cache bound
-    concurrency = 4                           # runs executing at once (worker threads)
+    concurrency = 4                           # worker processes in all (runs at once)
+    workers_per_uid = 4                       # worker processes one uid may have
+    queue_per_uid = 64                        # requests one uid may have waiting
+    worker_idle_timeout = 60.0                # seconds before an idle worker exits
+    worker_max_requests = 1000                # runs before a worker is replaced
+    worker_memory = 5368709120                # a worker's RLIMIT_DATA (bytes)
+    worker_max_fds = 1024                     # a worker's RLIMIT_NOFILE
+    kill_grace = 1.0                          # seconds a stopped run has before its
+                                              # worker is killed
+    max_connections = 1000                    # open client connections in all
+    max_connections_per_uid = 64              # ... and per uid
+    idle_timeout = 60.0                       # close a connection idle this long
+    frame_timeout = 10.0                      # seconds to finish a started frame
     library_path = ["/usr/lib/wasm32-wasi"]   # searched after each request's own dirs
     preload = ["libc.so"]                     # compiled and cached at start
     fuel = false                              # allow fuel limits (slower code)
@@ -90,6 +102,32 @@ class DaemonConfig:
     fuel: bool = False
     drain_timeout: float = 30.0
     limits: Limits = Limits()
+    workers_per_uid: int | None = None  # None: concurrency
+    queue_per_uid: int = 64
+    worker_idle_timeout: float = 60.0
+    worker_max_requests: int = 1000
+    worker_memory: int | None = None  # None: derived from the memory limits
+    worker_max_fds: int = 1024
+    kill_grace: float = 1.0
+    max_connections: int = 1000
+    max_connections_per_uid: int = 64
+    idle_timeout: float = 60.0
+    frame_timeout: float = 10.0
+
+    @property
+    def effective_workers_per_uid(self) -> int:
+        return min(self.workers_per_uid or self.concurrency, self.concurrency)
+
+    @property
+    def effective_worker_memory(self) -> int:
+        """A worker's address-space ceiling for data (RLIMIT_DATA): the
+        largest linear memory a run may have, plus room for the
+        interpreter, wasmtime and tables (an accounting hole in Store
+        limits then cannot take the host down)."""
+        if self.worker_memory is not None:
+            return self.worker_memory
+        largest = self.limits.max_memory or self.limits.memory or (4 << 30)
+        return largest + (1 << 30)
 
     @property
     def effective_socket_mode(self) -> int:
@@ -200,6 +238,17 @@ _TOP = {
     "library_path": _strings,
     "preload": _strings,
     "drain_timeout": _positive_number,
+    "workers_per_uid": _positive_int,
+    "queue_per_uid": _positive_int,
+    "worker_idle_timeout": _positive_number,
+    "worker_max_requests": _positive_int,
+    "worker_memory": _positive_int,
+    "worker_max_fds": _positive_int,
+    "kill_grace": _positive_number,
+    "max_connections": _positive_int,
+    "max_connections_per_uid": _positive_int,
+    "idle_timeout": _positive_number,
+    "frame_timeout": _positive_number,
 }
 _LIMITS = {
     "timeout": _positive_number,

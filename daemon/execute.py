@@ -1,5 +1,11 @@
-"""One request, executed in a worker thread: a validated protocol message in,
-a response message out. Synchronous and trio-free, so it is tested directly.
+"""One request, executed in a worker process that holds the client's
+credentials: a validated protocol message in, a response message out.
+Synchronous and trio-free, so it is tested directly.
+
+Nothing here decides whether the client may read a file: the worker runs as
+the client, so opening the program, its libraries and the guest's dlopens
+is the kernel's decision, and its answers (EACCES, ENOENT) are the ones the
+client would get itself.
 
 Every failure becomes a typed ``Error`` response with the same one-line text
 the in-process ``wasmrun`` prints (load errors, traps, timeouts); anything
@@ -41,10 +47,8 @@ from wasmrun.runtime import (
     Runtime,
     WasmrunError,
 )
-from wasmrun.runtime.search import SearchPath
 
 from .config import DaemonConfig
-from .peer import Peer
 from .stdio import ClientWasi
 
 log = logging.getLogger("wasmrund")
@@ -172,7 +176,6 @@ class Job:
 
     runtime: Runtime
     config: DaemonConfig
-    peer: Peer
     msg: Request
     fds: Mapping[str, int]  # role -> descriptor (owned by the caller)
     control: RunControl  # cancellation; the runtime adds the timeout to it
@@ -221,18 +224,6 @@ def _wasi(job: Job, args: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> 
     return ClientWasi(args=args, env=env, stdio=job.stdio, dir_fds=dirs)
 
 
-def _refuse_unreadable(
-    job: Job, runtime: Runtime, path: str, options: LinkOptions, search: SearchPath
-) -> None:
-    """A peer of another user may only load files it could read itself."""
-    if job.peer.same_user:
-        return
-    plan = runtime.plan(path, options, search)
-    denied = job.peer.unreadable(pm.image.path for pm in plan.modules)
-    if denied is not None:
-        raise LoadError(f"{denied}: cannot open shared object file: Permission denied")
-
-
 def _run(job: Job, msg: Run) -> Response:
     rid = msg.request_id
     program = _absolute(msg.program, msg.cwd)
@@ -254,7 +245,6 @@ def _run(job: Job, msg: Run) -> Response:
         preload=preload,
     )
     runtime = job.runtime
-    _refuse_unreadable(job, runtime, program, options, runtime.search_path(library_path))
     result = runtime.run(
         program,
         options=options,
@@ -291,11 +281,6 @@ def _dlopen(job: Job, msg: Dlopen) -> Response:
     )
     runtime = job.runtime
     t0 = time.perf_counter()
-    if not job.peer.same_user:
-        search = runtime.search_path(msg.library_path)
-        path = library if "/" in library else search.find(library, os.getcwd() + "/.", ())
-        if path is not None:
-            _refuse_unreadable(job, runtime, path, options, search)
     try:
         iset = runtime.open_library(
             library,
@@ -331,11 +316,5 @@ def exit_message(symbol: str, code: int) -> str:
 
 def _preload(job: Job, msg: Preload) -> Response:
     rid = msg.request_id
-    if not job.peer.same_user:
-        return Error(
-            request_id=rid,
-            kind="load",
-            message="preload: only the daemon's own user may fill its cache",
-        )
     loaded = job.runtime.preload(msg.libraries, library_path=msg.library_path)
     return PreloadResult(request_id=rid, loaded=tuple(loaded))

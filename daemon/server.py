@@ -1,23 +1,32 @@
-"""wasmrund's I/O shell: a trio server on a Unix socket.
+"""wasmrund's front: a trio server on a Unix socket that never runs guest
+code and never opens a client's files.
 
 One task per connection reads frames, and the descriptors that come with
-them, into the sans-I/O :class:`wasmrun.protocol.Connection`. Each request
-runs in its own task: its guest executes in a worker thread bounded by a
-CapacityLimiter (wasmtime releases the GIL while guest code runs), while the
-connection keeps being read, so a ``cancel`` message or the client going
-away (EOF) stops the guest through its RunControl. A protocol error is
-answered with one ``Error`` and that connection is closed; the daemon keeps
-serving. SIGTERM (or SIGINT) stops accepting, lets running requests finish
-(up to ``drain_timeout``, then cancels them) and returns; a second signal
-cancels at once.
+them, into the sans-I/O :class:`wasmrun.protocol.Connection` (which keeps
+the per-connection rules: request ids, descriptor counts). Each request
+waits in its uid's queue (:mod:`~wasmrun.daemon.scheduler`, round-robin
+across uids) for a worker process of its client's identity
+(:mod:`~wasmrun.daemon.workers`), which runs it with the client's
+credentials and descriptors. The connection keeps being read meanwhile, so
+a ``cancel`` message or the client going away stops the run (by killing the
+worker if the guest will not stop).
+
+Connections are bounded: in number (in all and per uid), in idle time, in
+the time to finish a frame once it started, and in bytes buffered (one
+frame). SIGTERM (or SIGINT) stops accepting and answers every request
+accepted so far: running and queued ones finish (new ones get "shutting
+down") within ``drain_timeout``; a second signal, or the timeout, cancels
+them, and each is answered as cancelled.
 """
 
 from __future__ import annotations
 
 import array
+import collections
 import errno
 import grp
 import logging
+import math
 import os
 import signal
 import socket
@@ -25,11 +34,13 @@ import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 from wasmrun.protocol import (
     MAX_FDS,
     PROTOCOL_VERSION,
+    CallResult,
     Cancel,
     Connection,
     Dlopen,
@@ -38,27 +49,32 @@ from wasmrun.protocol import (
     Ping,
     Pong,
     Preload,
+    PreloadResult,
     ProtocolError,
     Response,
     Run,
+    RunResult,
     Stats,
     StatsResult,
+    decode_message,
     encode_message,
+    encode_payload,
     error_response,
 )
-from wasmrun.runtime import RunControl, Runtime
 
+from .codestore import CodeStore
 from .config import DaemonConfig, default_socket_path
-from .execute import Job, error_for, execute, stopped_error
+from .execute import effective_limits, error_for
+from .identity import Identity
 from .peer import Peer, peer_of
-from .stdio import StdioRelay
+from .scheduler import Busy, Scheduler
 from .systemd import listen_fds, notify
+from .workers import SpawnFailed, WorkerDied
 
 log = logging.getLogger("wasmrund")
 
-SERVER_NAME = "wasmrund 0.1.0"
+SERVER_NAME = "wasmrund 0.2.0"
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-_MAX_PENDING_FDS = 2 * MAX_FDS  # descriptors received ahead of their request
 _MAX_INFLIGHT = 64  # requests one connection may have running or queued
 
 
@@ -154,14 +170,31 @@ def _close_all(fds: list[int]) -> None:
 
 
 class Server:
-    """Accepts connections and owns what they share: the runtime, the worker
-    limiter, counters, and the drain state."""
+    """Accepts connections and owns what they share: the scheduler and its
+    workers, the compiled-code store, counters, and the drain state.
 
-    def __init__(self, config: DaemonConfig, runtime: Runtime) -> None:
+    ``own``: the daemon's identity; ``can_change_identity``: whether
+    workers may take other identities (root, or CAP_SETUID and
+    CAP_SETGID). Without it only the daemon's own uid is served.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        scheduler: Scheduler[Any],
+        store: CodeStore | None,
+        *,
+        own: Identity,
+        can_change_identity: bool,
+    ) -> None:
         self.config = config
-        self.runtime = runtime
-        self.limiter = trio.CapacityLimiter(config.concurrency)
+        self.scheduler = scheduler
+        self.store = store
+        self.own = own
+        self.can_change_identity = can_change_identity
         self.connections: set[_ConnectionHandler] = set()
+        self.per_uid: collections.Counter[int] = collections.Counter()
+        self.open_connections = 0
         self.counters = {
             "daemon.connections": 0,
             "daemon.requests": 0,
@@ -169,11 +202,52 @@ class Server:
             "daemon.errors": 0,
             "daemon.protocol_errors": 0,
             "daemon.refused": 0,
+            "daemon.busy": 0,
+            "daemon.killed": 0,
+            "daemon.worker_deaths": 0,
+            "daemon.accept_errors": 0,
         }
         self.started = time.monotonic()
         self.draining = False
-        self._idle = trio.Event()  # set whenever no connection has work in flight
+        self._idle = trio.Event()  # set whenever no request is in flight
         self._accept_stopped = trio.Event()
+        self._last_accept_warning = -math.inf
+
+    # -- who may connect ----------------------------------------------------------
+
+    def identity_for(self, peer: Peer) -> Identity | Error:
+        """The identity a peer's requests run as, or the refusal."""
+        if not self.can_change_identity:
+            if peer.uid != self.own.uid:
+                return Error(
+                    kind="refused",
+                    message=(
+                        f"uid {peer.uid} may not use this wasmrund: it runs as uid "
+                        f"{self.own.uid} without the right to change identity (root, or "
+                        f"CAP_SETUID and CAP_SETGID), so it serves uid {self.own.uid} only"
+                    ),
+                )
+            return self.own
+        if not self.config.uid_allowed(peer.uid):
+            return Error(kind="refused", message=f"uid {peer.uid} may not use this wasmrund")
+        return Identity(peer.uid, peer.gid, peer.groups)
+
+    def connection_refusal(self, uid: int) -> Error | None:
+        if self.open_connections >= self.config.max_connections:
+            return Error(
+                kind="busy",
+                message=f"wasmrund has {self.open_connections} connections open "
+                f"(max_connections = {self.config.max_connections}); try again later",
+            )
+        if self.per_uid[uid] >= self.config.max_connections_per_uid:
+            return Error(
+                kind="busy",
+                message=f"uid {uid} has {self.per_uid[uid]} connections open "
+                f"(max_connections_per_uid = {self.config.max_connections_per_uid})",
+            )
+        return None
+
+    # -- serving ---------------------------------------------------------------
 
     async def serve(
         self,
@@ -182,69 +256,82 @@ class Server:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until SIGTERM/SIGINT, then drain and return."""
-        self.token = trio.lowlevel.current_trio_token()
         lsock = trio.socket.from_stdlib_socket(listener)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 accept_scope = trio.CancelScope()
                 nursery.start_soon(self._accept_loop, lsock, nursery, accept_scope)
+                nursery.start_soon(self.scheduler.reap_forever)
                 task_status.started()
                 notify("READY=1\nSTATUS=serving")
                 async for signum in signals:
-                    await self._drain(signum, signals, accept_scope)
+                    log.info(
+                        "%s: draining %d running request(s)",
+                        signal.Signals(signum).name,
+                        self.inflight_count(),
+                    )
+                    await self.drain(signals, accept_scope, nursery)
                     nursery.cancel_scope.cancel()
                     break
+        self.scheduler.close_idle()
         log.info("stopped")
 
-    async def _drain(
-        self, signum: int, signals: AsyncIterator[int], accept_scope: trio.CancelScope
+    async def drain(
+        self,
+        signals: AsyncIterator[int] | None,
+        accept_scope: trio.CancelScope,
+        nursery: trio.Nursery,
     ) -> None:
-        """Stop accepting, wait for running requests (a second signal or the
-        drain timeout cancels them), close idle connections."""
+        """Stop accepting, answer every request accepted so far (new ones
+        get "shutting down"), and return when all are answered: at once on
+        a second signal or after ``drain_timeout``, running and waiting
+        requests are cancelled (and answered so)."""
         self.draining = True
         accept_scope.cancel()
-        await self._accept_stopped.wait()  # the listening socket is closed
-        active = self.counters["daemon.active"]
-        log.info("%s: draining %d running request(s)", signal.Signals(signum).name, active)
+        await self._accept_stopped.wait()
+        active = self.inflight_count()
         notify(f"STOPPING=1\nSTATUS=draining {active} request(s)")
-        for handler in list(self.connections):
-            handler.close_if_idle()
         with trio.move_on_after(self.config.drain_timeout) as timer:
             async with trio.open_nursery() as watch:
 
                 async def second_signal() -> None:
+                    assert signals is not None
                     async for again in signals:
-                        log.info(
-                            "%s again: cancelling running requests", signal.Signals(again).name
-                        )
+                        log.info("%s again: cancelling requests", signal.Signals(again).name)
                         watch.cancel_scope.cancel()
                         return
 
-                watch.start_soon(second_signal)
-                while any(h.inflight for h in self.connections):
-                    self._idle = trio.Event()
-                    await self._idle.wait()
+                if signals is not None:
+                    watch.start_soon(second_signal)
+                await self.wait_idle()
                 watch.cancel_scope.cancel()
         if timer.cancelled_caught:
-            log.info(
-                "drain timeout (%.0f s): cancelling running requests", self.config.drain_timeout
-            )
+            log.info("drain timeout (%.0f s): cancelling requests", self.config.drain_timeout)
         for handler in list(self.connections):
             handler.cancel_all("cancelled")
-        with trio.move_on_after(5):
-            while any(h.inflight for h in self.connections):
-                self._idle = trio.Event()
-                await self._idle.wait()
+        with trio.move_on_after(self.config.kill_grace + 1):
+            await self.wait_idle()
+        for handler in list(self.connections):
+            await handler.close_answering_shutdown()
+
+    def inflight_count(self) -> int:
+        return sum(len(h.inflight) for h in self.connections)
+
+    async def wait_idle(self) -> None:
+        while self.inflight_count():
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     def request_finished(self) -> None:
-        if not any(h.inflight for h in self.connections):
+        if not self.inflight_count():
             self._idle.set()
 
     async def _accept_loop(
         self, lsock: trio.socket.SocketType, nursery: trio.Nursery, scope: trio.CancelScope
     ) -> None:
-        """Accept until ``scope`` is cancelled, then close the listening
-        socket (here, not while this task waits on it)."""
+        """Accept until ``scope`` is cancelled; then take what is already
+        waiting in the backlog (those clients get an answer too), and close
+        the listening socket."""
         try:
             with scope:
                 while True:
@@ -252,39 +339,75 @@ class Server:
                         sock, _ = await lsock.accept()
                     except OSError as e:
                         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.warning("accept: %s; pausing", e.strerror)
-                            await trio.sleep(0.1)
+                            self._accept_trouble(e)
+                            await trio.sleep(0.05)
                             continue
                         raise
-                    nursery.start_soon(self._connection, sock)
+                    nursery.start_soon(self.connection, sock)
+            while True:  # the backlog: connected before we stopped
+                try:
+                    sock, _ = lsock._sock.accept()
+                except OSError:
+                    break
+                nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(sock))
         finally:
             lsock.close()
             self._accept_stopped.set()
 
-    async def _connection(self, sock: trio.socket.SocketType) -> None:
+    def _accept_trouble(self, e: OSError) -> None:
+        """Out of descriptors (or memory): keep serving the connections we
+        have, retry shortly, and say so at most once a second."""
+        self.counters["daemon.accept_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_accept_warning >= 1.0:
+            self._last_accept_warning = now
+            log.warning(
+                "accept: %s (%d time(s) so far); retrying",
+                e.strerror,
+                self.counters["daemon.accept_errors"],
+            )
+
+    async def connection(self, sock: trio.socket.SocketType) -> None:
+        """Serve one accepted connection to its end."""
         with sock:
             self.counters["daemon.connections"] += 1
             try:
                 peer = peer_of(sock)
             except OSError:
                 return
-            if not self.config.uid_allowed(peer.uid):
+            who = self.identity_for(peer)
+            if isinstance(who, Error):
                 self.counters["daemon.refused"] += 1
-                log.warning("refused uid=%d pid=%d: not in allowed_uids", peer.uid, peer.pid)
-                err = Error(kind="protocol", message=f"uid {peer.uid} may not use this wasmrund")
-                await _send_all(sock, encode_message(err))
+                log.warning("refused uid=%d pid=%d: %s", peer.uid, peer.pid, who.message)
+                await _refuse(sock, who)
                 return
-            handler = _ConnectionHandler(self, sock, peer)
+            busy = self.connection_refusal(peer.uid)
+            if busy is not None:
+                self.counters["daemon.busy"] += 1
+                await _refuse(sock, busy)
+                return
+            handler = _ConnectionHandler(self, sock, peer, who)
             self.connections.add(handler)
+            self.open_connections += 1
+            self.per_uid[peer.uid] += 1
             try:
                 await handler.run()
             finally:
                 self.connections.discard(handler)
+                self.open_connections -= 1
+                self.per_uid[peer.uid] -= 1
+                if not self.per_uid[peer.uid]:
+                    del self.per_uid[peer.uid]
                 self.request_finished()
 
     def stats(self) -> dict[str, int | float | str]:
-        out: dict[str, int | float | str] = dict(self.runtime.stats())
-        out.update(self.counters)
+        out: dict[str, int | float | str] = dict(self.counters)
+        if self.store is not None:
+            out.update(self.store.summary())
+        out.update(self.scheduler.stats())
+        for uid, n in self.per_uid.items():
+            out[f"uid.{uid}.connections"] = n
+        out["daemon.open_connections"] = self.open_connections
         out["daemon.concurrency"] = self.config.concurrency
         out["daemon.uptime"] = time.monotonic() - self.started
         out["daemon.server"] = SERVER_NAME
@@ -303,34 +426,67 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:
     return True
 
 
-class _Inflight:
-    """A running request: how to stop it."""
+_REFUSAL_LINGER = 2.0  # seconds a refused client has to finish sending and read
+_REFUSAL_READ_LIMIT = 1 << 20
 
-    def __init__(self, control: RunControl) -> None:
-        self.control = control
-        self.relay: StdioRelay | None = None
-        self.scope = trio.CancelScope()  # covers waiting for a worker
+
+async def _refuse(sock: trio.socket.SocketType, err: Error) -> None:
+    """Answer, then let the client finish: half-close our side and read
+    (and drop) what it still sends until it closes, within limits. Closing
+    with its request unread would reset the connection, and the client
+    would see "Broken pipe" instead of the refusal."""
+    if not await _send_all(sock, encode_message(err)):
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    received = 0
+    with trio.move_on_after(_REFUSAL_LINGER):
+        while received < _REFUSAL_READ_LIMIT:
+            try:
+                data = await sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            received += len(data)
+
+
+class _Inflight:
+    """A request in flight: how to stop it, while it waits for a worker
+    (``scope``) or runs on one (``cancelled``)."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.cancelled = trio.Event()
+        self.reason = "cancelled"
 
     def cancel(self, reason: str) -> None:
-        self.control.cancel(reason)
-        if self.relay is not None:
-            self.relay.abort()
+        self.reason = reason
+        self.cancelled.set()
         self.scope.cancel()
 
 
 class _ConnectionHandler:
     """One client connection: requests may overlap; each is answered once."""
 
-    def __init__(self, server: Server, sock: trio.socket.SocketType, peer: Peer) -> None:
+    def __init__(
+        self, server: Server, sock: trio.socket.SocketType, peer: Peer, identity: Identity
+    ) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
-        self.conn = Connection("server")
+        self.identity = identity
+        self.conn = Connection("server", descriptors=True)
         self.pending_fds: list[int] = []
         self.inflight: dict[int, _Inflight] = {}
         self.send_lock = trio.Lock()
         self.gone = False  # the client closed its end: no more responses
         self.scope = trio.CancelScope()
+        self.read_scope: trio.CancelScope | None = None
+        self.last_activity = trio.current_time()
+        self.frame_started: float | None = None
 
     async def run(self) -> None:
         with self.scope:
@@ -340,10 +496,6 @@ class _ConnectionHandler:
             finally:
                 _close_all(self.pending_fds)
                 self.pending_fds.clear()
-
-    def close_if_idle(self) -> None:
-        if not self.inflight:
-            self.scope.cancel()
 
     def cancel_all(self, reason: str) -> None:
         for job in list(self.inflight.values()):
@@ -361,35 +513,103 @@ class _ConnectionHandler:
             if not await _send_all(self.sock, data):
                 self.gone = True
 
+    # -- reading -------------------------------------------------------------------
+
+    def _read_deadline(self) -> float:
+        config = self.server.config
+        if self.frame_started is not None:
+            return self.frame_started + config.frame_timeout
+        if self.inflight:
+            return math.inf
+        return self.last_activity + config.idle_timeout
+
+    def request_done(self) -> None:
+        """Called when a request was answered: restart the idle clock."""
+        self.last_activity = trio.current_time()
+        if self.read_scope is not None:
+            self.read_scope.deadline = self._read_deadline()
+
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
+            self.read_scope = trio.CancelScope(deadline=self._read_deadline())
             try:
-                data, ancdata, flags, _ = await self.sock.recvmsg(
-                    65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
+                with self.read_scope:
+                    data, ancdata, flags, _ = await self.sock.recvmsg(
+                        65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
+                    )
             except OSError:
                 data, ancdata, flags = b"", [], 0
-            self.pending_fds.extend(_received_fds(ancdata))
+            finally:
+                timed_out = self.read_scope.cancelled_caught
+                self.read_scope = None
+            if timed_out:
+                if self.frame_started is not None:
+                    await self._protocol_error(
+                        ProtocolError(
+                            "frame not completed within "
+                            f"{self.server.config.frame_timeout:g} s of its first byte"
+                        )
+                    )
+                else:
+                    log.debug("uid=%d pid=%d: idle, closing", self.peer.uid, self.peer.pid)
+                return
+            fds = _received_fds(ancdata)
+            self.pending_fds.extend(fds)
             try:
-                if flags & socket.MSG_CTRUNC:
-                    raise ProtocolError("too many file descriptors in one message")
-                if len(self.pending_fds) > _MAX_PENDING_FDS:
-                    raise ProtocolError("file descriptors sent without requests")
+                self.conn.receive_fds(len(fds), truncated=bool(flags & socket.MSG_CTRUNC))
                 self.conn.receive_data(data)
                 while (msg := self.conn.next_message()) is not None:
                     await self._dispatch(msg, nursery)
             except ProtocolError as e:
-                self.server.counters["daemon.protocol_errors"] += 1
-                log.warning("uid=%d pid=%d protocol error: %s", self.peer.uid, self.peer.pid, e)
-                self.cancel_all("cancelled")
-                async with self.send_lock:
-                    await _send_all(self.sock, encode_message(error_response(e)))
-                self.gone = True
+                await self._protocol_error(e)
                 return
+            now = trio.current_time()
+            self.last_activity = now
+            if self.conn.pending_bytes:
+                if self.frame_started is None:
+                    self.frame_started = now
+            else:
+                self.frame_started = None
             if not data:  # the client went away: its runs stop
                 self.gone = True
                 self.cancel_all("cancelled")
                 return
+
+    async def _protocol_error(self, e: ProtocolError) -> None:
+        self.server.counters["daemon.protocol_errors"] += 1
+        log.warning("uid=%d pid=%d protocol error: %s", self.peer.uid, self.peer.pid, e)
+        self.cancel_all("cancelled")
+        async with self.send_lock:
+            await _send_all(self.sock, encode_message(error_response(e)))
+        self.gone = True
+
+    async def close_answering_shutdown(self) -> None:
+        """At the end of a drain: answer whatever request is already waiting
+        in the socket ("shutting down"), then close."""
+        try:
+            while True:
+                data, anc, flags, _ = self.sock._sock.recvmsg(  # non-blocking socket
+                    65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
+                fds = _received_fds(anc)
+                self.pending_fds.extend(fds)
+                self.conn.receive_fds(len(fds), truncated=bool(flags & socket.MSG_CTRUNC))
+                self.conn.receive_data(data)
+                while (msg := self.conn.next_message()) is not None:
+                    if isinstance(msg, Run | Dlopen | Preload):
+                        self._take_fds(msg)
+                        await self.send(_shutting_down(msg.request_id))
+                if not data:
+                    break
+        except (OSError, ProtocolError):
+            pass
+        self.scope.cancel()
+
+    def _take_fds(self, msg: Message) -> list[int]:
+        n = self.conn.fds_for(msg)
+        fds = self.pending_fds[:n]
+        del self.pending_fds[:n]
+        return fds
 
     async def _dispatch(self, msg: Message, nursery: trio.Nursery) -> None:
         if isinstance(msg, Ping):
@@ -403,56 +623,44 @@ class _ConnectionHandler:
             if job is not None:
                 job.cancel("cancelled")
         elif isinstance(msg, Run | Dlopen | Preload):
-            roles = getattr(msg, "fd_roles", ())
-            if len(self.pending_fds) < len(roles):
-                raise ProtocolError(
-                    f"request {msg.request_id} names {len(roles)} descriptors but "
-                    f"{len(self.pending_fds)} arrived"
-                )
-            fds = self.pending_fds[: len(roles)]
-            del self.pending_fds[: len(roles)]
-            if msg.request_id in self.inflight:
-                _close_all(fds)
-                raise ProtocolError(f"request id {msg.request_id} is already in use")
-            refusal = None
+            fds = self._take_fds(msg)
             if self.server.draining:
-                refusal = Error(
-                    request_id=msg.request_id,
-                    kind="cancelled",
-                    message="wasmrund is shutting down",
-                )
-            elif len(self.inflight) >= _MAX_INFLIGHT:
-                refusal = Error(
-                    request_id=msg.request_id,
-                    kind="limit",
-                    message=f"too many requests in flight on one connection ({_MAX_INFLIGHT})",
-                )
-            if refusal is not None:
                 _close_all(fds)
-                await self.send(refusal)
+                await self.send(_shutting_down(msg.request_id))
                 return
-            job = _Inflight(RunControl())
+            if len(self.inflight) >= _MAX_INFLIGHT:
+                _close_all(fds)
+                await self.send(
+                    Error(
+                        request_id=msg.request_id,
+                        kind="busy",
+                        message=f"too many requests in flight on one connection ({_MAX_INFLIGHT})",
+                    )
+                )
+                return
+            job = _Inflight()
             self.inflight[msg.request_id] = job
-            nursery.start_soon(self._request, msg, dict(zip(roles, fds, strict=True)), job)
+            roles = list(getattr(msg, "fd_roles", ()))
+            nursery.start_soon(self._request, msg, roles, fds, job)
         else:  # the Connection only lets requests through; be explicit anyway
             raise ProtocolError(f"unexpected {msg.TYPE}")
 
+    # -- one request ---------------------------------------------------------------
+
     async def _request(
-        self, msg: Run | Dlopen | Preload, fds: dict[str, int], job: _Inflight
+        self, msg: Run | Dlopen | Preload, roles: list[str], fds: list[int], job: _Inflight
     ) -> None:
         server = self.server
         server.counters["daemon.requests"] += 1
         t0 = time.perf_counter()
-        response = None
         try:
-            response = await self._execute(msg, fds, job)
+            response = await self._execute(msg, roles, fds, job)
+        except Exception as e:  # a bug here must not cost the answer
+            log.exception("request %d failed", msg.request_id)
+            response = error_for(e, msg.request_id)
         finally:
-            self.inflight.pop(msg.request_id, None)
-            _close_all(list(fds.values()))
-            server.request_finished()
-        if response is None:
-            outcome = "cancelled (client gone)" if self.gone else "cancelled"
-        elif isinstance(response, Error):
+            _close_all(fds)
+        if isinstance(response, Error):
             server.counters["daemon.errors"] += 1
             outcome = f"{response.kind} error (exit {response.exit_code})"
         else:
@@ -469,58 +677,83 @@ class _ConnectionHandler:
             (time.perf_counter() - t0) * 1e3,
             outcome,
         )
-        if response is not None:
+        try:
             await self.send(response)
-        if self.server.draining and not self.inflight:
-            self.scope.cancel()  # drained: this connection closes
+        finally:
+            self.inflight.pop(msg.request_id, None)
+            self.request_done()
+            server.request_finished()
 
     async def _execute(
-        self, msg: Run | Dlopen | Preload, fds: dict[str, int], job: _Inflight
-    ) -> Response | None:
-        """The response, or None if the request was cancelled before it ran."""
+        self, msg: Run | Dlopen | Preload, roles: list[str], fds: list[int], job: _Inflight
+    ) -> Response:
         server = self.server
-        done = trio.Event()
-        token = server.token
-
-        def notify_done() -> None:  # called in the relay thread
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
-
+        rid = msg.request_id
+        timeout = _timeout_of(server.config, msg)
         try:
-            relay = StdioRelay(
-                {k: v for k, v in fds.items() if k in ("stdin", "stdout", "stderr")},
-                job.control,
-                on_done=notify_done,
-            )
-        except OSError as e:
-            return Error(request_id=msg.request_id, kind="internal", message=f"stdio: {e}")
-        job.relay = relay
-        work = Job(server.runtime, server.config, self.peer, msg, fds, job.control, relay.paths)
-        started = False
-        try:
-            relay.start()
-            started = True
             with job.scope:  # cancelled: stop waiting for a worker
-                server.counters["daemon.active"] += 1
-                try:
-                    response = await trio.to_thread.run_sync(execute, work, limiter=server.limiter)
-                finally:
-                    server.counters["daemon.active"] -= 1
-            if job.scope.cancelled_caught:
-                return None
-            relay.finish()  # the guest is done: deliver its output before the answer
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            if relay.cut and not isinstance(response, Error):
-                # Stopped while delivering its output: say so, never a
-                # success with output silently missing.
-                response = stopped_error(job.control, msg.request_id) or response
-            return response
+                worker = await server.scheduler.acquire(self.identity)
+        except Busy as e:
+            server.counters["daemon.busy"] += 1
+            return Error(request_id=rid, kind="busy", message=str(e))
+        except SpawnFailed as e:
+            return Error(request_id=rid, kind="internal", message=f"cannot start a worker: {e}")
+        if job.scope.cancelled_caught:
+            return _stopped(rid, job.reason, timeout)
+        stopped: list[str] = []
+        server.counters["daemon.active"] += 1
+        try:
+            raw = await worker.run(
+                encode_payload(msg),
+                roles,
+                fds,
+                server.store,
+                timeout,
+                job.cancelled,
+                server.config.kill_grace,
+                stopped.append,
+            )
+        except WorkerDied as e:
+            if stopped:
+                server.counters["daemon.killed"] += 1
+                return _stopped(rid, stopped[0], timeout)
+            server.counters["daemon.worker_deaths"] += 1
+            log.error("worker %d (%s) died: %s", worker.pid, self.identity.describe(), e)
+            return Error(
+                request_id=rid,
+                kind="internal",
+                message="the worker running this request died unexpectedly "
+                "(killed, or out of memory)",
+            )
         finally:
-            if started and not done.is_set():
-                relay.abort()
-                with trio.CancelScope(shield=True):
-                    await done.wait()
-            relay.close()
+            server.counters["daemon.active"] -= 1
+            server.scheduler.release(worker)
+        try:
+            response = decode_message(raw)
+        except ProtocolError as e:
+            return Error(request_id=rid, kind="internal", message=f"bad answer from worker: {e}")
+        if (
+            not isinstance(response, RunResult | CallResult | PreloadResult | Error)
+            or response.request_id != rid
+        ):
+            return Error(request_id=rid, kind="internal", message="bad answer from worker")
+        return response
+
+
+def _timeout_of(config: DaemonConfig, msg: Run | Dlopen | Preload) -> float | None:
+    limits = getattr(msg, "limits", None)
+    if limits is None:
+        return config.limits.timeout
+    return effective_limits(config, limits).timeout
+
+
+def _stopped(request_id: int, reason: str, timeout: float | None) -> Error:
+    if reason == "timeout":
+        return Error(
+            request_id=request_id, kind="timeout", message=f"run timed out after {timeout:g} s"
+        )
+    return Error(request_id=request_id, kind="cancelled", message=f"run {reason}")
+
+
+def _shutting_down(request_id: int) -> Error:
+    return Error(request_id=request_id, kind="shutdown", message="wasmrund is shutting down")

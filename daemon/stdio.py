@@ -22,7 +22,10 @@ Python callback), so:
   read cannot be interrupted by epoch interruption, but closing our pipe
   ends its read with EOF.
 * **directories** are preopened by their ``/proc/self/fd/N`` magic link,
-  which reaches exactly the directory the client opened.
+  which reaches exactly the directory the client opened. This happens in a
+  worker holding the client's credentials, so the reopen and every file
+  the guest opens inside are checked by the kernel against the client's
+  rights; an ``O_PATH`` descriptor (opened without read access) is refused.
 
 When the run ends the relay drains what the guest wrote before the response
 is sent, so the client's output is complete when its exit status arrives.
@@ -50,6 +53,7 @@ _CHUNK = 65536
 _PIPE_BUF = select.PIPE_BUF  # writes this small never block once poll says POLLOUT
 _F_SETPIPE_SZ = 1031
 _DEVNULL_RDEV = os.makedev(1, 3)
+O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 def proc_path(fd: int) -> str:
@@ -57,9 +61,29 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def _access_mode(fd: int) -> int | None:
+    """O_RDONLY, O_WRONLY or O_RDWR as the client opened ``fd``; None for an
+    O_PATH descriptor (no access at all) or a bad one."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return None
+    if flags & O_PATH:
+        return None
+    return flags & os.O_ACCMODE
+
+
+def readable(fd: int) -> bool:
+    return _access_mode(fd) in (os.O_RDONLY, os.O_RDWR)
+
+
 def _reopenable_input(fd: int) -> bool:
     """Reading stdin through a fresh open of its /proc path is faithful and
-    never blocks: a regular file still at offset 0, or /dev/null."""
+    never blocks: a regular file still at offset 0, or /dev/null. Only a
+    descriptor the client opened for reading is reopened (for reading):
+    never more access than it was opened with."""
+    if not readable(fd):
+        return False
     try:
         st = os.fstat(fd)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEVNULL_RDEV:
@@ -414,6 +438,11 @@ class ClientWasi(WasiOptions):
             try:
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
                     raise LoadError(f"--dir {guest}: not a directory")
+                if not readable(fd):
+                    raise LoadError(
+                        f"--dir {guest}: the directory was not opened for reading "
+                        "(O_PATH or write-only descriptor)"
+                    )
                 cfg.preopen_dir(proc_path(fd), guest)
             except (OSError, wasmtime.WasmtimeError) as e:
                 raise LoadError(f"--dir {guest}: cannot open the directory: {e}") from None

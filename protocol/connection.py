@@ -15,7 +15,25 @@ from typing import NoReturn
 from .codec import decode_message, encode_message
 from .errors import ConnectionBroken, ProtocolError, UnexpectedMessage
 from .framing import MAX_FRAME_SIZE, FrameDecoder
-from .messages import REQUEST_TYPES, RESPONSE_TYPES, Message
+from .messages import (
+    MAX_FDS,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    CallResult,
+    Dlopen,
+    Error,
+    Message,
+    Preload,
+    PreloadResult,
+    Run,
+    RunResult,
+)
+
+MAX_PENDING_FDS = 2 * MAX_FDS
+"""Descriptors a server holds for requests that have not arrived yet."""
+
+_TRACKED = (Run, Dlopen, Preload)  # requests answered later, by request id
+_FINAL = (RunResult, CallResult, PreloadResult, Error)
 
 __all__ = ["Connection", "ConnectionState", "Role"]
 
@@ -41,6 +59,15 @@ class Connection:
     """One end of a wasmrun protocol connection, without I/O.
 
     A server receives requests and sends responses; a client the reverse.
+
+    A server also keeps the per-connection rules: a request id names one
+    request in flight at a time (it is free again once its final response
+    is sent), and every descriptor that arrives belongs to the next request
+    that names descriptors in ``fd_roles``: the caller reports arrivals
+    with ``receive_fds`` and takes ``fds_for(msg)`` of them per request
+    (with ``descriptors=True``; a byte stream without descriptors skips
+    the count).
+
     Any ProtocolError (from bad input or a wrong-way message) moves the
     connection to ERROR, after which every call raises ConnectionBroken: a
     stream that broke once cannot be trusted to be at a frame boundary. To
@@ -48,13 +75,22 @@ class Connection:
     ``encode_message(error_response(exc))`` itself before closing.
     """
 
-    def __init__(self, role: Role | str, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        role: Role | str,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        *,
+        descriptors: bool = False,
+    ) -> None:
         self.role = Role(role)
         self.max_frame_size = max_frame_size
         self._decoder = FrameDecoder(max_frame_size)
         self._peer_eof = False
         self._state = ConnectionState.OPEN
         self._error: ProtocolError | None = None
+        self._inflight: set[int] = set()
+        self._fds_pending = 0
+        self._count_fds = descriptors  # a socket that carries SCM_RIGHTS
         if self.role is Role.SERVER:
             self._receives, self._sends = REQUEST_TYPES, RESPONSE_TYPES
         else:
@@ -69,6 +105,30 @@ class Connection:
     def error(self) -> ProtocolError | None:
         """The error that moved the connection to ERROR, if any."""
         return self._error
+
+    @property
+    def inflight(self) -> frozenset[int]:
+        """Ids of requests received and not yet answered (server side)."""
+        return frozenset(self._inflight)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete frame held: non-zero means the peer is in
+        the middle of sending a message."""
+        return self._decoder.pending()
+
+    def receive_fds(self, count: int, truncated: bool = False) -> None:
+        """Note ``count`` descriptors that arrived with the bytes last read
+        (``truncated``: the kernel dropped some, MSG_CTRUNC)."""
+        self._check_usable()
+        try:
+            if truncated:
+                raise ProtocolError("too many file descriptors in one message")
+            self._fds_pending += count
+            if self._fds_pending > MAX_PENDING_FDS:
+                raise ProtocolError("file descriptors sent without requests")
+        except ProtocolError as exc:
+            self._fail(exc)
 
     def receive_data(self, data: bytes) -> None:
         """Hand over bytes read from the socket; ``b""`` means the peer closed
@@ -107,9 +167,28 @@ class Connection:
                     f"unexpected message type for this side: a {self.role} cannot "
                     f"receive {message.TYPE!r}"
                 )
+            if isinstance(message, _TRACKED):
+                self._take_request(message)
         except ProtocolError as exc:
             self._fail(exc)
         return message
+
+    def _take_request(self, msg: Run | Dlopen | Preload) -> None:
+        wanted = len(getattr(msg, "fd_roles", ())) if self._count_fds else 0
+        if wanted > self._fds_pending:
+            raise ProtocolError(
+                f"request {msg.request_id} names {wanted} descriptors but "
+                f"{self._fds_pending} arrived"
+            )
+        if msg.request_id in self._inflight:
+            raise ProtocolError(f"request id {msg.request_id} is already in use")
+        self._fds_pending -= wanted
+        self._inflight.add(msg.request_id)
+
+    @staticmethod
+    def fds_for(msg: Message) -> int:
+        """How many of the received descriptors belong to ``msg``."""
+        return len(getattr(msg, "fd_roles", ())) if isinstance(msg, _TRACKED) else 0
 
     def send(self, msg: Message) -> bytes:
         """The bytes to write to the socket for ``msg``.
@@ -124,9 +203,12 @@ class Connection:
                 raise UnexpectedMessage(
                     f"unexpected message type for this side: a {self.role} cannot send {msg.TYPE!r}"
                 )
-            return encode_message(msg, max_frame_size=self.max_frame_size)
+            data = encode_message(msg, max_frame_size=self.max_frame_size)
         except ProtocolError as exc:
             self._fail(exc)
+        if isinstance(msg, _FINAL) and msg.request_id is not None:
+            self._inflight.discard(msg.request_id)
+        return data
 
     def _check_usable(self) -> None:
         """Refuse to do anything once the connection has failed."""

@@ -84,7 +84,18 @@ STD_ROLES = ("stdin", "stdout", "stderr", "program")
 DIR_ROLE_PREFIX = "dir:"
 """fd role prefix of a preopened directory: ``"dir:" + guest path``."""
 
-ERROR_KINDS = ("protocol", "load", "trap", "limit", "timeout", "cancelled", "internal")
+ERROR_KINDS = (
+    "protocol",
+    "load",
+    "trap",
+    "limit",
+    "timeout",
+    "cancelled",
+    "internal",
+    "refused",
+    "busy",
+    "shutdown",
+)
 """What failed, for ``Error.kind``."""
 
 EXIT_CODES: Mapping[str, int] = MappingProxyType(
@@ -96,6 +107,9 @@ EXIT_CODES: Mapping[str, int] = MappingProxyType(
         "timeout": 124,  # what coreutils timeout(1) exits with
         "cancelled": 130,  # 128 + SIGINT: cancellation usually means ^C
         "internal": 70,  # EX_SOFTWARE (sysexits.h)
+        "refused": 76,  # this daemon does not serve the client's uid
+        "busy": 75,  # EX_TEMPFAIL: too many connections or queued requests; retry
+        "shutdown": 75,  # EX_TEMPFAIL: the daemon is stopping; retry
     }
 )
 """The exit status ``Error.exit_code`` defaults to for each kind, chosen to

@@ -1,12 +1,10 @@
 """The daemon's pure pieces, in process: the stdio relay (with the real
-runtime), limits, file checks, peer access rules, error mapping, and
+runtime), limits, file checks, error mapping, and
 ``execute`` on protocol messages."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ from wasmrun.daemon.execute import (
     error_for,
     execute,
 )
-from wasmrun.daemon.peer import Peer
 from wasmrun.daemon.stdio import ClientWasi, StdioRelay
 from wasmrun.protocol import CallResult, Dlopen, Error, Run, RunResult
 from wasmrun.protocol import Limits as WireLimits
@@ -122,7 +119,6 @@ def _run_relayed(runtime, program, fds, args, control, config):
         job = Job(
             runtime=runtime,
             config=config or DaemonConfig(),
-            peer=Peer(pid=os.getpid(), uid=os.geteuid(), gid=os.getegid()),
             msg=msg,
             fds={**fds, "program": prog},
             control=control,
@@ -311,23 +307,6 @@ def test_check_opened_file(tmp_path: Path):
         os.close(fd)
 
 
-def test_peer_may_read_by_mode_bits(tmp_path: Path):
-    path = tmp_path / "f"
-    path.write_text("")
-    st = os.stat(path)
-    owner = Peer(pid=1, uid=st.st_uid + 1000, gid=st.st_gid + 1000)
-    os.chmod(path, 0o604)
-    assert owner.may_read(os.stat(path))
-    os.chmod(path, 0o640)
-    assert not owner.may_read(os.stat(path))
-    in_group = Peer(pid=1, uid=st.st_uid + 1000, gid=0, groups=(st.st_gid,))
-    assert in_group.may_read(os.stat(path))
-    assert Peer(pid=1, uid=0, gid=0).may_read(os.stat(path))
-    assert Peer(pid=1, uid=os.geteuid(), gid=0).same_user
-    assert owner.unreadable([str(path)]) == str(path)
-    assert owner.unreadable([str(tmp_path / "missing")]) == str(tmp_path / "missing")
-
-
 def test_error_mapping():
     assert error_for(LoadError("x: nope"), 3) == Error(request_id=3, kind="load", message="x: nope")
     trap = error_for(GuestTrap("unreachable", ["m!f (offset 0x1)"]), 1)
@@ -346,11 +325,10 @@ def test_error_mapping():
 # -- execute() on protocol messages ------------------------------------------------------
 
 
-def _job(runtime: Runtime, msg, fds=None, peer: Peer | None = None, config=None) -> Job:
+def _job(runtime: Runtime, msg, fds=None, config=None) -> Job:
     return Job(
         runtime=runtime,
         config=config or DaemonConfig(),
-        peer=peer or Peer(pid=os.getpid(), uid=os.geteuid(), gid=os.getegid()),
         msg=msg,
         fds=fds or {},
         control=RunControl(),
@@ -374,33 +352,6 @@ def test_execute_run_and_dlopen(runtime: Runtime, corpus: Path):
     assert isinstance(answer, CallResult) and answer.results == (10,)
     answer = execute(_job(runtime, Dlopen(library="libleft.so", symbol="left")))
     assert isinstance(answer, Error) and answer.kind == "load"  # no -L: not found
-
-
-def test_execute_refuses_files_another_user_cannot_read(
-    runtime: Runtime, corpus: Path, tmp_path: Path
-):
-    """A peer of another user may not make the daemon load what it could
-    not read itself (here: a library only root may read)."""
-    for name in ("hello.wasm", "libc.so"):
-        shutil.copy(corpus / name, tmp_path / name)
-    os.chmod(tmp_path / "libc.so", 0o600)
-    program = tmp_path / "hello.wasm"
-    other = Peer(pid=1, uid=os.geteuid() + 4242, gid=os.getegid() + 4242)
-    fd = os.open(program, os.O_RDONLY)
-    try:
-        msg = Run(program=str(program), library_path=(str(tmp_path),), fd_roles=("program",))
-        denied = execute(_job(runtime, msg, {"program": fd}, peer=other))
-        os.chmod(tmp_path / "libc.so", 0o644)
-        allowed = execute(_job(runtime, msg, {"program": fd}, peer=other))
-    finally:
-        os.close(fd)
-    assert isinstance(denied, Error) and denied.kind == "load", denied
-    assert (
-        denied.message
-        == f"{tmp_path / 'libc.so'}: cannot open shared object file: Permission denied"
-    )
-    assert isinstance(allowed, RunResult) and allowed.exit_code == 0
-    assert stat.S_IMODE(os.stat(program).st_mode) & 0o004
 
 
 def test_execute_applies_the_configured_timeout(runtime: Runtime, corpus: Path):

@@ -1,0 +1,272 @@
+"""The front's side of worker processes: the zygote that forks them, each
+worker's channel, and running one request on a worker with a hard stop.
+
+A worker serves one request at a time. While it runs, the front answers its
+requests for compiled code (:class:`~wasmrun.daemon.codestore.CodeStore`,
+in a thread) and watches two things: the client cancelling, and the run's
+timeout. Either sends the worker ``cancel`` (the guest stops at its next
+epoch check); a worker that has not answered ``kill_grace`` seconds later
+(a guest blocked in a host call: ``sleep``, a FIFO) is killed through its
+pidfd, and the request is answered as the timeout or cancellation it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .channel import (
+    _ANC,
+    ChannelError,
+    FrameSplitter,
+    _ancillary,
+    _pack,
+    close_fds,
+    received_fds,
+)
+from .codestore import CodeStore, CompileFailed
+from .identity import Identity
+
+log = logging.getLogger("wasmrund")
+
+
+class AsyncChannel:
+    """The front's end of a channel, over a trio socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = trio.socket.from_stdlib_socket(sock)
+        self.splitter = FrameSplitter()
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        frame = _pack(message, fds)
+        async with self._send_lock:
+            try:
+                sent = await self.sock.sendmsg([frame], _ancillary(fds))
+                view = memoryview(frame)[sent:]
+                while view:
+                    view = view[await self.sock.send(view) :]
+            except OSError as e:
+                raise ChannelError(f"send: {e.strerror}") from None
+
+    async def receive(self) -> tuple[dict[str, Any], list[int]]:
+        while True:
+            got = self.splitter.next()
+            if got is not None:
+                return got
+            try:
+                data, anc, _flags, _ = await self.sock.recvmsg(
+                    1 << 20, _ANC, socket.MSG_CMSG_CLOEXEC
+                )
+            except OSError as e:
+                raise ChannelError(f"receive: {e.strerror}") from None
+            fds = received_fds(anc)
+            if not data:
+                close_fds(fds)
+                raise ChannelError("the other end closed the channel")
+            self.splitter.feed(data, fds)
+
+    def close(self) -> None:
+        self.splitter.close()
+        self.sock.close()
+
+
+class WorkerDied(Exception):
+    """The worker ended before answering (killed, crashed, out of memory)."""
+
+
+class SpawnFailed(Exception):
+    """The zygote could not start a worker (one line)."""
+
+
+@attrs.frozen
+class WorkerLimits:
+    """What the zygote applies to each worker before it drops privileges."""
+
+    max_fds: int = 1024
+    max_data: int | None = None  # RLIMIT_DATA: the ceiling beyond Store limits
+
+
+class Zygote:
+    """The front's handle on the zygote process."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.channel = AsyncChannel(sock)
+        self._ids = itertools.count(1)
+        self._lock = trio.Lock()
+
+    async def start(self, store: CodeStore) -> list[str]:
+        """Serve the zygote's code requests until it is ready; its preloads."""
+        while True:
+            msg, fds = await self.channel.receive()
+            op = msg["op"]
+            if op == "code":
+                await answer_code(self.channel, store, msg)
+            elif op == "ready":
+                return [str(p) for p in msg.get("loaded", ())]
+            elif op == "failed":
+                raise SpawnFailed(str(msg.get("message")))
+            close_fds(fds)
+
+    async def spawn(self, identity: Identity, limits: WorkerLimits) -> Worker:
+        """A new worker for ``identity``."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            async with self._lock:  # one spawn at a time: the zygote is serial
+                ident = next(self._ids)
+                await self.channel.send(
+                    {
+                        "op": "spawn",
+                        "id": ident,
+                        "uid": identity.uid,
+                        "gid": identity.gid,
+                        "groups": list(identity.groups),
+                        "max_fds": limits.max_fds,
+                        "max_data": limits.max_data,
+                    },
+                    [theirs.fileno()],
+                )
+                theirs.close()
+                msg, fds = await self.channel.receive()
+        except ChannelError as e:
+            ours.close()
+            raise SpawnFailed(f"the zygote is gone ({e})") from None
+        finally:
+            theirs.close()
+        if msg["op"] != "spawned" or len(fds) != 1:
+            close_fds(fds)
+            ours.close()
+            raise SpawnFailed(str(msg.get("message", "the zygote could not start a worker")))
+        return Worker(identity, int(msg["pid"]), fds[0], AsyncChannel(ours))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+async def answer_code(channel: AsyncChannel, store: CodeStore, msg: dict[str, Any]) -> None:
+    """Answer a ``code`` request: compiled code for the bytes sent, as a
+    sealed memfd, or wasmtime's reason for refusing them."""
+    data = msg.get("data")
+    if not isinstance(data, bytes):
+        await channel.send({"op": "code", "error": "malformed code request"})
+        return
+    try:
+        fd = await trio.to_thread.run_sync(store.code_for, data)
+    except CompileFailed as e:
+        await channel.send({"op": "code", "error": str(e)})
+        return
+    try:
+        await channel.send({"op": "code"}, [fd])
+    finally:
+        os.close(fd)
+
+
+@attrs.define(eq=False)
+class Worker:
+    """One worker process, serving one identity."""
+
+    identity: Identity
+    pid: int
+    pidfd: int
+    channel: AsyncChannel
+    runs: int = 0
+    last_used: float = 0.0
+    alive: bool = True
+    killed: bool = False
+
+    def kill(self) -> None:
+        """SIGKILL through the pidfd: never another process, whatever
+        happened to the pid."""
+        if self.killed:
+            return
+        self.killed = True
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Kill (if still running) and release the descriptors."""
+        self.kill()
+        self.alive = False
+        self.channel.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    async def run(
+        self,
+        request: bytes,
+        roles: list[str],
+        fds: list[int],
+        store: CodeStore,
+        timeout: float | None,
+        cancelled: trio.Event,
+        kill_grace: float,
+        on_stop: Callable[[str], None],
+    ) -> bytes:
+        """Run one request; its encoded response. ``fds`` are sent, not
+        closed. A run that is cancelled or passes ``timeout`` is told to
+        stop; ``kill_grace`` later the worker is killed and ``on_stop`` has
+        told the caller why (``WorkerDied`` is then raised)."""
+        self.runs += 1
+        try:
+            await self.channel.send({"op": "job", "request": request, "roles": roles}, fds)
+        except ChannelError as e:
+            self.alive = False
+            raise WorkerDied(str(e)) from None
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                reason = "timeout"
+                with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                    await cancelled.wait()
+                    reason = "cancelled"
+                try:
+                    await self.channel.send({"op": "cancel", "reason": reason})
+                except ChannelError:
+                    pass
+                await trio.sleep(kill_grace)
+                on_stop(reason)
+                log.warning(
+                    "worker %d (%s) did not stop %.1f s after its run was %s: killed",
+                    self.pid,
+                    self.identity.describe(),
+                    kill_grace,
+                    "timed out" if reason == "timeout" else reason,
+                )
+                self.kill()
+
+            nursery.start_soon(watch)
+            try:
+                response = await self._serve_until_done(store)
+            finally:
+                nursery.cancel_scope.cancel()
+        return response
+
+    async def _serve_until_done(self, store: CodeStore) -> bytes:
+        while True:
+            try:
+                msg, fds = await self.channel.receive()
+            except ChannelError as e:
+                self.alive = False
+                raise WorkerDied(str(e)) from None
+            close_fds(fds)
+            op = msg["op"]
+            if op == "code":
+                await answer_code(self.channel, store, msg)
+            elif op == "done" and isinstance(msg.get("response"), bytes):
+                return msg["response"]
+            else:
+                self.alive = False
+                self.kill()
+                raise WorkerDied(f"unexpected message {op!r}")

@@ -1,0 +1,199 @@
+"""The zygote: a warm, single-threaded process that forks workers.
+
+The front forks it first thing, before it creates an engine or starts any
+thread, so the zygote is a clean copy. The zygote makes its own engine,
+loads the configured preloads (their compiled code comes from the front,
+like a worker's), and then only waits for ``spawn`` requests. Each worker is
+a fork of this warm state, so a new uid's first request needs no imports,
+no engine and no libc.so (the code pages are shared, mapped from the
+front's sealed memfds). The zygote never compiles: wasmtime's compiler
+threads do not survive fork (see shared/DESIGN.md), and it never holds the
+disk cache's key, which the front creates only after forking it.
+
+Channel messages: front -> zygote ``spawn`` (an identity, limits, and the
+worker's end of a new socketpair); zygote -> front ``code`` (preloads),
+``ready``/``failed`` once, ``spawned`` (pid and a pidfd, which the front
+uses to kill the worker without any pid-reuse race) or ``spawn_failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from .channel import ChannelError, SyncChannel, close_fds
+from .config import DaemonConfig
+from .identity import Identity, become, set_parent_death_signal
+
+log = logging.getLogger("wasmrund")
+
+_REAP_INTERVAL = 1.0  # seconds between reaping exited workers when idle
+
+
+def start(config: DaemonConfig, keep_fds: tuple[int, ...] = ()) -> tuple[int, socket.socket]:
+    """Fork the zygote; returns its pid and the front's end of its channel."""
+    front, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the zygote
+        code = 1
+        try:
+            front.close()
+            _main(child, config, keep_fds)
+            code = 0
+        except BaseException:
+            log.exception("zygote failed")
+        finally:
+            os._exit(code)
+    child.close()
+    return pid, front
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """Close every descriptor the front had open, except ``keep`` (stdio,
+    our channel): a worker must inherit nothing of the daemon's."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _main(sock: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]) -> None:
+    os.setsid()  # the terminal's ^C is the front's to handle, not ours
+    set_parent_death_signal(signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _close_inherited({sock.fileno(), *keep_fds})
+    for name in list(os.environ):  # NOTIFY_SOCKET, LISTEN_*...: not ours
+        if name not in ("PATH", "LANG", "LC_ALL", "TZ"):
+            del os.environ[name]
+
+    from wasmrun.runtime import LoadError, Runtime
+    from wasmrun.runtime.api import make_engine
+
+    from .worker import RemoteCode
+
+    channel = SyncChannel(sock)
+    engine = make_engine(config.fuel)
+    code = RemoteCode(engine, channel)
+    runtime = Runtime(
+        default_library_path=config.library_path,
+        environ={},
+        engine=engine,
+        disk_cache=False,
+        memory_budget=config.memory_budget,
+        fuel=config.fuel,
+        code_source=code,
+    )
+    try:
+        loaded = runtime.preload(config.preload, library_path=()) if config.preload else []
+    except LoadError as e:
+        channel.send({"op": "failed", "message": f"preload: {e}"})
+        return
+    channel.send({"op": "ready", "loaded": loaded})
+    while True:
+        readable, _, _ = select.select([channel.fileno()], [], [], _REAP_INTERVAL)
+        _reap()
+        if not readable:
+            continue
+        try:
+            msg, fds = channel.receive()
+        except ChannelError:
+            return  # the front is gone
+        if msg["op"] == "spawn" and len(fds) == 1:
+            _spawn(channel, msg, fds[0], runtime, config, code)
+        close_fds(fds)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _spawn(
+    channel: SyncChannel,
+    msg: dict[str, Any],
+    worker_fd: int,
+    runtime: Any,
+    config: DaemonConfig,
+    code: Any,
+) -> None:
+    identity = Identity(int(msg["uid"]), int(msg["gid"]), tuple(int(g) for g in msg["groups"]))
+    r, w = os.pipe2(os.O_CLOEXEC)  # the child reports its set-up here
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        status = 1
+        try:
+            _become_worker(channel, worker_fd, identity, msg, w, runtime, config, code)
+            status = 0
+        except BaseException:
+            log.exception("worker for %s failed", identity.describe())
+        finally:
+            os._exit(status)
+    os.close(w)
+    try:
+        pidfd = os.pidfd_open(pid)  # before any reaping: the pid is still ours
+    except OSError as e:
+        os.close(r)
+        channel.send({"op": "spawn_failed", "id": msg["id"], "message": f"pidfd: {e}"})
+        return
+    try:
+        report = os.read(r, 4096).decode("utf-8", "replace")  # "" once set up
+    finally:
+        os.close(r)
+    if report:
+        channel.send({"op": "spawn_failed", "id": msg["id"], "message": report})
+        os.close(pidfd)
+        return
+    channel.send({"op": "spawned", "id": msg["id"], "pid": pid}, [pidfd])
+    os.close(pidfd)
+
+
+def _become_worker(
+    zygote_channel: SyncChannel,
+    worker_fd: int,
+    identity: Identity,
+    msg: dict[str, Any],
+    report_fd: int,
+    runtime: Any,
+    config: DaemonConfig,
+    code: Any,
+) -> None:
+    """In the forked child: limits, identity, then serve."""
+    from . import worker
+
+    zygote_channel.sock.close()
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (msg["max_fds"], msg["max_fds"]))
+        if msg.get("max_data"):
+            resource.setrlimit(resource.RLIMIT_DATA, (msg["max_data"], msg["max_data"]))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        become(identity)
+        # After the identity change: the kernel clears the parent-death
+        # signal when credentials change.
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() == 1:
+            raise OSError("the zygote exited")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        os.write(report_fd, f"cannot become {identity.describe()}: {e}".encode())
+        return
+    os.close(report_fd)
+    sys.stdin = None  # type: ignore[assignment]
+    channel = SyncChannel(socket.socket(fileno=worker_fd))
+    code.channel = channel
+    worker.serve(channel, runtime, config, code)
