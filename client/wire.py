@@ -38,6 +38,7 @@ EXIT_CODES = {
     "refused": 76,
     "busy": 75,
     "shutdown": 75,
+    "exit": 1,
 }
 
 

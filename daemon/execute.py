@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import wasmtime
 from wasmrun.protocol import (
     MAX_STRING_BYTES,
     CallResult,
@@ -38,6 +37,7 @@ from wasmrun.protocol import (
     RunResult,
 )
 from wasmrun.runtime import (
+    GuestExit,
     GuestTrap,
     LinkOptions,
     LoadError,
@@ -282,18 +282,21 @@ def _dlopen(job: Job, msg: Dlopen) -> Response:
     runtime = job.runtime
     t0 = time.perf_counter()
     try:
-        iset = runtime.open_library(
+        with runtime.open_library(
             library,
             options=options,
             wasi=_wasi(job, (library,), ()),
             limits=RunLimits(memory_bytes=limits.memory, timeout=limits.timeout, fuel=limits.fuel),
             control=job.control,
             library_path=msg.library_path,
-        )
-        results = iset.call(msg.symbol, list(msg.args))
-    except wasmtime.ExitTrap as e:
+        ) as iset:
+            results = iset.call(msg.symbol, list(msg.args))
+            timings = {**iset.timings, "total": time.perf_counter() - t0}
+    except GuestExit as e:
         _raise_if_stopped(job.control)
-        return Error(request_id=rid, kind="trap", message=exit_message(msg.symbol, e.code))
+        if e.code & 0xFF == 0:  # exit(0): a status of success, nothing returned
+            return CallResult(request_id=rid, results=(), timings={})
+        return Error(request_id=rid, kind="exit", message=str(e), exit_code=e.code & 0xFF)
     _raise_if_stopped(job.control)
     values = []
     for value in results:
@@ -304,14 +307,7 @@ def _dlopen(job: Job, msg: Dlopen) -> Response:
                 message=f"{msg.symbol}: returns a {type(value).__name__}, not a number",
             )
         values.append(value)
-    timings = {**iset.timings, "total": time.perf_counter() - t0}
     return CallResult(request_id=rid, results=tuple(values), timings=_clean_timings(timings))
-
-
-def exit_message(symbol: str, code: int) -> str:
-    """What ``wasmrun call`` prints when the library calls exit(): like a
-    trap (the call did not return), on both paths."""
-    return f"wasm trap: exit({code}) called during {symbol}()"
 
 
 def _preload(job: Job, msg: Preload) -> Response:

@@ -95,6 +95,7 @@ ERROR_KINDS = (
     "refused",
     "busy",
     "shutdown",
+    "exit",
 )
 """What failed, for ``Error.kind``."""
 
@@ -110,6 +111,7 @@ EXIT_CODES: Mapping[str, int] = MappingProxyType(
         "refused": 76,  # this daemon does not serve the client's uid
         "busy": 75,  # EX_TEMPFAIL: too many connections or queued requests; retry
         "shutdown": 75,  # EX_TEMPFAIL: the daemon is stopping; retry
+        "exit": 1,  # the guest called exit(N) where no status was expected: N
     }
 )
 """The exit status ``Error.exit_code`` defaults to for each kind, chosen to
