@@ -248,9 +248,13 @@ class Worker:
 
             nursery.start_soon(watch)
             try:
-                response = await self._serve_until_done(store)
+                response: bytes | WorkerDied = await self._serve_until_done(store)
+            except WorkerDied as e:  # raised outside the nursery, not as a group
+                response = e
             finally:
                 nursery.cancel_scope.cancel()
+        if isinstance(response, WorkerDied):
+            raise response
         return response
 
     async def _serve_until_done(self, store: CodeStore) -> bytes:
