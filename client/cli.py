@@ -461,6 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANCELLED
     except BrokenPipeError:
         return 141
+    except Exception as e:  # a bug of ours: still one line, not a traceback
+        if os.environ.get("WASMRUN_TRACEBACK"):
+            raise
+        sys.stdout.flush()
+        _error(f"internal error: {type(e).__name__}: {e} (WASMRUN_TRACEBACK=1 shows where)")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

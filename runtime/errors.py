@@ -7,9 +7,40 @@ maps :class:`LoadError` to exit status 127 like a dynamic loader does.
 
 from __future__ import annotations
 
+_LINE_BREAKING = {0x7F, 0x85, 0x2028, 0x2029}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...).
+
+    Messages quote names taken from the files themselves (NEEDED entries,
+    symbols, imports): a newline or an escape sequence in one must not
+    break the one-line message apart or reach the user's terminal raw.
+    """
+    if all(" " <= c and ord(c) not in _LINE_BREAKING for c in text):
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if c >= " " and o not in _LINE_BREAKING:
+            out.append(c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        else:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+    return "".join(out)
+
 
 class WasmrunError(Exception):
-    """Base class of every error wasmrun reports to a user."""
+    """Base class of every error wasmrun reports to a user; a message is
+    always one line (see :func:`one_line`)."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (one_line(args[0]),)
+        super().__init__(*args)
 
 
 class LoadError(WasmrunError):
@@ -46,8 +77,8 @@ class GuestTrap(WasmrunError):
     """The guest trapped: the message and a wasm backtrace, already formatted."""
 
     def __init__(self, message: str, backtrace: list[str]) -> None:
-        self.message = message
-        self.backtrace = backtrace
+        self.message = one_line(message)
+        self.backtrace = [one_line(frame) for frame in backtrace]
         super().__init__(message)
 
     def render(self) -> str:

@@ -18,7 +18,18 @@ import wasmtime
 
 from .dylink import DylinkInfo, parse_dylink0, parse_legacy_dylink
 from .errors import LoadError
-from .wasmbin import KIND_FUNC, KIND_GLOBAL, KIND_MEMORY, ModuleInfo, parse_module
+from .wasmbin import (
+    KIND_FUNC,
+    KIND_GLOBAL,
+    KIND_MEMORY,
+    KIND_NAMES,
+    FuncType,
+    GlobalType,
+    Limits,
+    ModuleInfo,
+    parse_module,
+    valtype_name,
+)
 
 # Exports that belong to a module's own start-up protocol and never enter the
 # global symbol scope (every library has its own).
@@ -125,6 +136,75 @@ class ModuleImage:
         return (value + memory_base) & 0xFFFFFFFF
 
 
+_VOID: Final = FuncType((), ())
+# Functions the loader itself calls, and the signature it calls them with.
+ENTRY_POINTS: Final = {
+    "_start": _VOID,
+    "_initialize": _VOID,
+    "__wasm_call_ctors": _VOID,
+    "__wasm_apply_data_relocs": _VOID,
+    "__wasm_init_tls": FuncType((b"\x7f",), ()),
+}
+# Globals the loader provides, and the type it provides them with
+# (None: either mutability is fine, the loader matches it).
+_I32: Final = b"\x7f"
+_PROVIDED_GLOBALS: Final = {
+    "__stack_pointer": True,
+    "__memory_base": None,
+    "__table_base": None,
+    "__tls_base": None,
+}
+
+
+def check_abi(info: ModuleInfo, dylink: DylinkInfo | None, path: str) -> None:
+    """What the loader relies on beyond WebAssembly validity: the entry points
+    it calls have the signatures it calls them with, and the globals it
+    provides (GOT entries, bases, the stack pointer) are imported as i32.
+
+    Without this a mutated ``_start`` would fail only when called, as a
+    "too few parameters" error dressed up as a trap.
+    """
+    for name, expected in ENTRY_POINTS.items():
+        exp = info.exports.get(name)
+        if exp is None:
+            continue
+        if exp.kind != KIND_FUNC:
+            raise LoadError(
+                f"{path}: {name} is exported as a {KIND_NAMES[exp.kind]}, not a function"
+            )
+        actual = info.func_type(exp.index)
+        if actual != expected:
+            raise LoadError(f"{path}: {name} has type {actual}, expected {expected}")
+    if dylink is None:
+        return
+    for imp in info.imports:
+        if imp.kind == KIND_MEMORY and imp.module == "env":
+            lim = imp.desc
+            if isinstance(lim, Limits) and (lim.is64 or lim.shared):
+                what = "a 64-bit" if lim.is64 else "a shared"
+                raise LoadError(
+                    f"{path}: imports {what} memory (env.{imp.name}); only 32-bit unshared "
+                    "memories can be linked"
+                )
+        if imp.kind != KIND_GLOBAL:
+            continue
+        gt = imp.desc
+        if not isinstance(gt, GlobalType):  # the decoder makes one for every global
+            continue
+        if imp.module in ("GOT.mem", "GOT.func"):
+            mutable = None
+        elif imp.module == "env" and imp.name in _PROVIDED_GLOBALS:
+            mutable = _PROVIDED_GLOBALS[imp.name]
+        else:
+            continue
+        if gt.valtype != _I32 or (mutable is not None and gt.mutable != mutable):
+            want = "i32" if mutable is None else ("mut i32" if mutable else "i32")
+            have = ("mut " if gt.mutable else "") + valtype_name(gt.valtype)
+            raise LoadError(
+                f"{path}: imports {imp.module}.{imp.name} as a {have} global, expected {want}"
+            )
+
+
 def classify(info: ModuleInfo, dylink: DylinkInfo | None) -> str:
     if dylink is None:
         return "plain"
@@ -154,6 +234,7 @@ def decode(
         if c.name == "dylink" and c.first:
             dylink = parse_legacy_dylink(c, path)
             break
+    check_abi(info, dylink, path)
     if compiler is None:
 
         def compiler(_digest: str, raw: bytes) -> wasmtime.Module:

@@ -264,6 +264,43 @@ def _instantiation_order(needed: list[list[int]], roots: Sequence[int]) -> list[
     return order
 
 
+def _check_nonpie_root(image: ModuleImage, has_libraries: bool) -> None:
+    """A main that is not position-independent defines the memory and table
+    everyone shares; it cannot also import them (there would be nothing to
+    import them from)."""
+    for imp in image.info.imports:
+        if imp.module == "env" and imp.kind in (KIND_MEMORY, KIND_TABLE):
+            what = "memory" if imp.kind == KIND_MEMORY else "table"
+            if image.dylink is None:
+                raise LoadError(
+                    f"{image.path}: imports its {what} (env.{imp.name}) but has no dylink.0 "
+                    "section, so it cannot be linked as a position-independent module"
+                )
+            raise LoadError(f"{image.path}: a non-PIE main must define its {what}, not import it")
+
+
+def _check_nonpie_exports(plan: LinkPlan) -> None:
+    """What a run takes from a non-PIE (or plain WASI) main's exports."""
+    image = plan.root_module.image
+    exports = image.info.exports
+    needs_memory = len(plan.modules) > 1 or bool(plan.wasi)
+    memory = exports.get("memory")
+    if needs_memory and (memory is None or memory.kind != KIND_MEMORY):
+        raise LoadError(
+            f"{image.path}: does not export its memory as 'memory' "
+            "(needed by its libraries and by WASI)"
+        )
+    needs_table = bool(plan.table_fills or plan.plt) or any(
+        kind == B_TABLE for pm in plan.modules for kind, _ in pm.binds
+    )
+    table = exports.get("__indirect_function_table")
+    if needs_table and (table is None or table.kind != KIND_TABLE):
+        raise LoadError(
+            f"{image.path}: non-PIE main does not export __indirect_function_table "
+            "(link it with --export-table --growable-table)"
+        )
+
+
 class Planner:
     """Builds a :class:`LinkPlan`; one planner per plan."""
 
@@ -287,9 +324,13 @@ class Planner:
             inst_order = [root, *(i for i in rest if i != root)]
         else:
             inst_order = _instantiation_order(loader.needed, [*preload, root])
+        if nonpie:
+            _check_nonpie_root(images[root], len(images) > 1)
         layout = self._layout(images, nonpie)
         resolver = _Resolver(images, loader.needed, inst_order, layout, nonpie, self.options)
         plan = resolver.run(strict)
+        if nonpie:
+            _check_nonpie_exports(plan)
         plan.misses = loader.misses
         plan.timings = {
             "load": loader.load_seconds,
@@ -651,6 +692,10 @@ class _Resolver:
         return tuple(binds)
 
     def run(self, strict: bool = True) -> LinkPlan:
+        if not self.nonpie:
+            # Always there, even when no load-time module imports it: a
+            # library dlopen'ed later may.
+            self._global(("sp",), True, self.L["stack_high"])
         planned = []
         for mi, image in enumerate(self.images):
             planned.append(

@@ -583,6 +583,7 @@ def parse_module(data: bytes, file: str) -> ModuleInfo:
     r = Reader(mv, file, 8)
     info = ModuleInfo()
     first = True
+    where: dict[int, int] = {}  # section id -> offset of its header
     while not r.at_end():
         header = r.pos
         sid = r.u8()
@@ -592,6 +593,10 @@ def parse_module(data: bytes, file: str) -> ModuleInfo:
             raise BinaryFormatError(
                 file, header, f"section {sid} of {size} bytes runs past the end of the file"
             )
+        if sid != 0:
+            if sid in where:
+                raise BinaryFormatError(file, header, f"duplicate section {sid}")
+            where[sid] = header
         if sid == 0:
             sub = Reader(mv, file, body, body + size)
             name = sub.name()
@@ -604,4 +609,45 @@ def parse_module(data: bytes, file: str) -> ModuleInfo:
             _section(Reader(mv, file, body, body + size), sid, info)
         r.pos = body + size
         first = False
+    _check_indices(info, file, where)
     return info
+
+
+def _check_indices(info: ModuleInfo, file: str, where: dict[int, int]) -> None:
+    """The indices the linker follows point at something of the right kind.
+
+    wasmtime checks all of this when it compiles, but the planner reads these
+    tables first (and ``wasmrun ldd`` never compiles): a type index naming a
+    non-function type, or an export past the end of its index space, would
+    otherwise surface as a Python exception deep in the linker.
+    """
+    for i, ti in enumerate(info.func_types):
+        if ti >= len(info.types) or info.types[ti] is None:
+            raise BinaryFormatError(
+                file, where.get(3, 0), f"function {i} uses invalid type index {ti}"
+            )
+    for ti in info.tags:
+        if ti >= len(info.types) or info.types[ti] is None:
+            raise BinaryFormatError(file, where.get(13, 0), f"tag uses invalid type index {ti}")
+    imported = [0] * 5
+    for imp in info.imports:
+        imported[imp.kind] += 1
+    counts = {
+        KIND_FUNC: imported[KIND_FUNC] + len(info.func_types),
+        KIND_TABLE: imported[KIND_TABLE] + len(info.tables),
+        KIND_MEMORY: imported[KIND_MEMORY] + len(info.memories),
+        KIND_GLOBAL: imported[KIND_GLOBAL] + len(info.globals),
+        KIND_TAG: imported[KIND_TAG] + len(info.tags),
+    }
+    for exp in info.exports.values():
+        if exp.index >= counts[exp.kind]:
+            raise BinaryFormatError(
+                file,
+                where.get(7, 0),
+                f"export {exp.name!r} refers to {KIND_NAMES[exp.kind]} {exp.index}, but the "
+                f"module has {counts[exp.kind]}",
+            )
+    if info.start is not None and info.start >= counts[KIND_FUNC]:
+        raise BinaryFormatError(
+            file, where.get(8, 0), f"start function {info.start} does not exist"
+        )

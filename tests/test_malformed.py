@@ -1,0 +1,298 @@
+"""Malformed modules give one line (a LoadError), never another exception.
+
+Two regressions found by fuzzing, then the fuzzers themselves: byte flips,
+insertions, deletions and truncations of *real* modules (the corpus's
+hello.wasm, libc.so and a plugin), aimed mostly at the sections the linker
+decodes itself. The decoder and the planner may only answer with a
+LoadError (or succeed); a run may in addition trap, be stopped by its
+timeout, or exit, as any guest can.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wasmrun.runtime import (
+    GuestTrap,
+    LinkOptions,
+    LoadError,
+    RunInterrupted,
+    RunLimits,
+    Runtime,
+    WasiOptions,
+)
+from wasmrun.runtime.dlopen import RTLD_NOW, DlError
+from wasmrun.runtime.plan import Planner
+from wasmrun.runtime.search import SearchPath
+from wasmrun.runtime.wasmbin import Reader, parse_module
+
+LOAD_ERROR = 127
+
+
+def assert_one_clean_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("wasmrun: ")
+    return lines[0]
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("WASMRUN_FUZZ_EXAMPLES", "120")),
+    deadline=None,
+    # The same examples on every run, so CI stays deterministic; set
+    # WASMRUN_FUZZ_RANDOM=1 (and a larger WASMRUN_FUZZ_EXAMPLES) to explore.
+    derandomize=not os.environ.get("WASMRUN_FUZZ_RANDOM"),
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# -- the two regressions ----------------------------------------------------------
+
+
+def test_dylink_name_length_changed_is_one_load_error(cli, corpus: Path, tmp_path: Path):
+    data = bytearray((corpus / "hello.wasm").read_bytes())
+    assert data[10] == 0x08  # the length of the name "dylink.0"
+    data[10] = 0x0A
+    bad = tmp_path / "hello.wasm"
+    bad.write_bytes(data)
+    rt = Runtime(library_path=[str(corpus)], environ={}, disk_cache=False)
+    with pytest.raises(LoadError, match="no dylink.0 section"):
+        rt.run(str(bad), stdout=os.devnull)
+    p = cli("run", "--no-daemon", "-L", str(corpus), str(bad))
+    assert p.returncode == LOAD_ERROR
+    line = assert_one_clean_line(p.stderr)
+    assert line == (
+        f"wasmrun: {bad}: imports its memory (env.memory) but has no dylink.0 section, "
+        "so it cannot be linked as a position-independent module"
+    )
+
+
+def _sections(data: bytes) -> dict[int, tuple[int, int]]:
+    """Section id -> (start, end) of its body."""
+    r, out = Reader(data, "x", 8), {}
+    while not r.at_end():
+        sid, size = r.u8(), r.uleb()
+        out.setdefault(sid, (r.pos, r.pos + size))
+        r.pos += size
+    return out
+
+
+def _retype_start(data: bytes) -> bytes:
+    """hello.wasm with ``_start``'s function given a type that takes an i32."""
+    info = parse_module(data, "hello.wasm")
+    target = next(i for i, t in enumerate(info.types) if t is not None and t.params == (b"\x7f",))
+    local = info.exports["_start"].index - info.imported_funcs
+    start, end = _sections(data)[3]
+    r = Reader(data, "x", start, end)
+    r.uleb()  # count
+    for _ in range(local):
+        r.uleb()
+    at = r.pos
+    assert data[at] < 0x80 and target < 0x80  # one-byte type indices
+    return data[:at] + bytes([target]) + data[at + 1 :]
+
+
+def test_start_with_the_wrong_signature_is_a_load_error(cli, corpus: Path, tmp_path: Path):
+    bad = tmp_path / "hello.wasm"
+    bad.write_bytes(_retype_start((corpus / "hello.wasm").read_bytes()))
+    p = cli("run", "--no-daemon", "-L", str(corpus), str(bad))
+    assert p.returncode == LOAD_ERROR, p.stderr
+    line = assert_one_clean_line(p.stderr)
+    assert line == f"wasmrun: {bad}: _start has type (i32) -> (), expected () -> ()"
+
+
+@pytest.mark.parametrize(
+    ("wat", "message"),
+    [
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (global (export "__wasm_call_ctors") i32 (i32.const 0)))',
+            "__wasm_call_ctors is exported as a global, not a function",
+        ),
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (func (export "__wasm_apply_data_relocs") (result i32) (i32.const 0)))',
+            "__wasm_apply_data_relocs has type () -> (i32), expected () -> ()",
+        ),
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (import "GOT.mem" "x" (global (mut i64))))',
+            "imports GOT.mem.x as a mut i64 global, expected i32",
+        ),
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (import "env" "__stack_pointer" (global i32)))',
+            "imports env.__stack_pointer as a i32 global, expected mut i32",
+        ),
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory i64 0)))',
+            "imports a 64-bit memory (env.memory)",
+        ),
+    ],
+)
+def test_what_the_loader_relies_on_is_checked_at_load(tmp_path: Path, wat: str, message: str):
+    import wasmtime
+
+    lib = tmp_path / "libodd.so"
+    lib.write_bytes(wasmtime.wat2wasm(wat))
+    rt = Runtime(environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.open_library(str(lib))
+    assert str(exc.value).startswith(f"{lib}: {message}")
+    assert "\n" not in str(exc.value)
+
+
+# -- fuzzing ------------------------------------------------------------------------
+
+
+def _regions(data: bytes) -> list[tuple[int, int]]:
+    """Byte ranges worth mutating: every section the linker decodes, and the
+    first bytes of the code and data sections (their headers and counts)."""
+    r, out = Reader(data, "x", 8), []
+    while not r.at_end():
+        header, sid, size = r.pos, r.u8(), r.uleb()
+        end = r.pos + size
+        out.append((header, end if sid not in (10, 11) else min(end, r.pos + 8)))
+        r.pos = end
+    return out
+
+
+@st.composite
+def mutated(draw, original: bytes) -> bytes:
+    regions = _regions(original)
+    data = bytearray(original)
+
+    def position() -> int:
+        if draw(st.integers(0, 4)) and regions:  # mostly inside a decoded section
+            start, end = draw(st.sampled_from(regions))
+            end = min(end, len(data))
+            if start < end:
+                return draw(st.integers(start, end - 1))
+        return draw(st.integers(0, max(0, len(data) - 1)))
+
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["flip", "flip", "byte", "insert", "delete", "truncate"]))
+        at = position()
+        if op == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "byte" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete":
+            del data[at : at + draw(st.integers(1, 4))]
+        elif op == "truncate":
+            del data[at:]
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def fuzz_runtime(corpus: Path) -> Runtime:
+    return Runtime(environ={}, disk_cache=False)
+
+
+def _plan_only(rt: Runtime, root: Path, directory: Path) -> None:
+    search = SearchPath((str(directory),), (), ())
+    for strict in (True, False):
+        try:
+            Planner(rt.cache, search, LinkOptions()).plan(str(root), strict=strict)
+        except LoadError as e:
+            assert "\n" not in str(e), str(e)
+
+
+def _corpus_copy(corpus: Path, tmp_path: Path, *names: str) -> Path:
+    work = tmp_path / "fuzz"
+    work.mkdir(exist_ok=True)
+    for n in names:
+        shutil.copyfile(corpus / n, work / n)
+    return work
+
+
+def test_fuzz_libc_through_the_decoder_and_planner(corpus: Path, tmp_path: Path, fuzz_runtime):
+    work = _corpus_copy(corpus, tmp_path, "hello.wasm", "libdl.so")
+    original = (corpus / "libc.so").read_bytes()
+
+    @FUZZ
+    @given(mutated(original))
+    def check(data: bytes) -> None:
+        (work / "libc.so").write_bytes(data)
+        _plan_only(fuzz_runtime, work / "hello.wasm", work)
+
+    check()
+
+
+def _run_outcome(fn) -> None:
+    """Only what a guest may legitimately cause, and every message one line
+    (a trap's first line)."""
+    try:
+        fn()
+    except LoadError as e:
+        assert "\n" not in str(e), str(e)
+    except DlError as e:  # a failed dlopen: the guest would see dlerror()
+        assert "\n" not in str(e), str(e)
+    except GuestTrap as e:
+        assert "parameters provided" not in e.message, e.message
+    except RunInterrupted as e:
+        assert e.reason == "timeout"
+
+
+def test_fuzz_a_program_through_decoding_planning_and_running(
+    corpus: Path, tmp_path: Path, fuzz_runtime
+):
+    work = _corpus_copy(corpus, tmp_path, "libc.so")
+    original = (corpus / "hello.wasm").read_bytes()
+
+    @FUZZ
+    @given(mutated(original))
+    def check(data: bytes) -> None:
+        (work / "hello.wasm").write_bytes(data)
+        _plan_only(fuzz_runtime, work / "hello.wasm", work)
+        _run_outcome(
+            lambda: fuzz_runtime.run(
+                str(work / "hello.wasm"),
+                stdout=os.devnull,
+                stderr=os.devnull,
+                library_path=[str(work)],
+                limits=RunLimits(timeout=1.0, memory_bytes=64 << 20),
+            )
+        )
+
+    check()
+
+
+def test_fuzz_a_library_loaded_and_dlopened(corpus: Path, tmp_path: Path, fuzz_runtime):
+    work = _corpus_copy(corpus, tmp_path, "libc.so", "libcallee.so")
+    original = (corpus / "libplugin.so").read_bytes()
+    quiet = WasiOptions(stdout=os.devnull, stderr=os.devnull)
+
+    def load_and_dlopen() -> None:
+        with fuzz_runtime.open_library(
+            str(work / "libplugin.so"),
+            wasi=quiet,
+            library_path=[str(work)],
+            limits=RunLimits(timeout=1.0, memory_bytes=64 << 20),
+        ) as lib:
+            lib.close()
+        with fuzz_runtime.open_library(
+            str(work / "libcallee.so"),
+            wasi=quiet,
+            library_path=[str(work)],
+            limits=RunLimits(timeout=1.0, memory_bytes=64 << 20),
+        ) as host:
+            host.dynamic.dlopen("libplugin.so", RTLD_NOW)
+
+    @FUZZ
+    @given(mutated(original))
+    def check(data: bytes) -> None:
+        (work / "libplugin.so").write_bytes(data)
+        _plan_only(fuzz_runtime, work / "libplugin.so", work)
+        _run_outcome(load_and_dlopen)
+
+    check()
