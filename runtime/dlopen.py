@@ -40,7 +40,7 @@ import wasmtime
 from . import codegen
 from .cache import ModuleCache
 from .dylink import SYMBOL_TLS
-from .errors import LoadError, WasmrunError
+from .errors import LoadError, WasmrunError, wasmtime_message
 from .module import ModuleImage
 from .plan import DYLD_FUNCTIONS, LAYOUT_SYMBOLS, PAGE, SCOPE_EXCLUDED
 from .search import SearchPath
@@ -656,7 +656,7 @@ class DynamicLinker:
             try:
                 m.instance = wasmtime.Instance(store, image.module(), externs)
             except wasmtime.WasmtimeError as e:
-                msg = str(e).strip().splitlines()[0]
+                msg = wasmtime_message(str(e))
                 raise DlError(
                     f"{image.display}: cannot instantiate: {msg}", errno.ENOEXEC
                 ) from None

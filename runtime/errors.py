@@ -33,6 +33,29 @@ def one_line(text: str) -> str:
     return "".join(out)
 
 
+def wasmtime_message(text: str) -> str:
+    """A wasmtime error with its whole cause chain, on one line.
+
+    wasmtime reports ``failed to compile: wasm[0]::function[45]::f`` and
+    puts the reason (``legacy_exceptions feature required for try
+    instruction``) in a numbered "Caused by:" list below; the first line
+    alone tells a user nothing they can act on.
+    """
+    text = text.strip()
+    if not text:
+        return "unknown error"
+    head, _, rest = text.partition("Caused by:")
+    parts = [" ".join(ln.strip() for ln in head.strip().splitlines() if ln.strip())]
+    for ln in rest.splitlines():
+        ln = ln.strip()
+        number, colon, cause = ln.partition(":")
+        if colon and number.isdigit():
+            ln = cause.strip()
+        if ln and ln not in parts:
+            parts.append(ln)
+    return ": ".join(p for p in parts if p)
+
+
 class WasmrunError(Exception):
     """Base class of every error wasmrun reports to a user; a message is
     always one line (see :func:`one_line`)."""

@@ -31,6 +31,7 @@ from .errors import (
     RunInterrupted,
     SymbolError,
     WasmrunError,
+    wasmtime_message,
 )
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
@@ -245,7 +246,7 @@ class InstanceSet:
                     f"{plan.root_module.image.display}: needs {need} bytes of memory at start, "
                     f"over the run's memory limit of {self.limits.memory_bytes} bytes"
                 ) from None
-            raise SymbolError(f"cannot instantiate: {_trap_reason(str(e))}") from None
+            raise SymbolError(f"cannot instantiate: {wasmtime_message(str(e))}") from None
         except BaseException:
             self.close()
             raise
@@ -448,7 +449,7 @@ class InstanceSet:
         except wasmtime.Trap as e:
             raise format_trap(e) from None
         except wasmtime.WasmtimeError as e:
-            msg = str(e).strip().splitlines()[0]
+            msg = wasmtime_message(str(e))
             raise SymbolError(f"{pm.image.display}: cannot instantiate: {msg}") from None
         self.instances[mi] = inst
         if mi == plan.root and plan.nonpie:
@@ -500,7 +501,7 @@ class InstanceSet:
         try:
             _new_instance(self.store, filler, arr, len(sources))
         except wasmtime.WasmtimeError as e:
-            msg = str(e).strip().splitlines()[0]
+            msg = wasmtime_message(str(e))
             raise LoadError(f"cannot fill the function tables: {msg}") from None
 
     # -- start-up -------------------------------------------------------------

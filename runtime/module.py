@@ -17,7 +17,7 @@ import attrs
 import wasmtime
 
 from .dylink import DylinkInfo, parse_dylink0, parse_legacy_dylink
-from .errors import LoadError
+from .errors import LoadError, wasmtime_message
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
@@ -98,9 +98,8 @@ class ModuleImage:
                     try:
                         self._compiled.append(self._compiler(self.digest, self._data))
                     except wasmtime.WasmtimeError as e:
-                        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
                         raise LoadError(
-                            f"{self.path}: invalid WebAssembly module: {first}"
+                            f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
                         ) from None
         return self._compiled[0]
 

@@ -296,3 +296,49 @@ def test_fuzz_a_library_loaded_and_dlopened(corpus: Path, tmp_path: Path, fuzz_r
         _run_outcome(load_and_dlopen)
 
     check()
+
+
+# -- wasmtime's reasons are kept ---------------------------------------------------
+
+
+def test_a_rejected_module_shows_wasmtime_reason(cli, tmp_path: Path):
+    import wasmtime
+
+    prog = tmp_path / "legacy.wasm"
+    prog.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (memory (export "memory") 1) (tag $e)'
+            ' (func (export "_start") try nop catch $e end))'
+        )
+    )
+    rt = Runtime(environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.run(str(prog))
+    message = str(exc.value)
+    assert message.startswith(f"{prog}: invalid WebAssembly module: failed to compile: ")
+    assert message.endswith("legacy_exceptions feature required for try instruction")
+    p = cli("run", "--no-daemon", str(prog))
+    assert p.returncode == LOAD_ERROR
+    assert assert_one_clean_line(p.stderr) == f"wasmrun: {message}"
+
+
+def test_an_instantiation_failure_shows_wasmtime_reason(tmp_path: Path):
+    import wasmtime
+
+    lib = tmp_path / "libodd.so"
+    lib.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (import "env" "__indirect_function_table" (table 0 externref)))'
+        )
+    )
+    rt = Runtime(environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.open_library(str(lib))
+    message = str(exc.value)
+    assert message.startswith(
+        "libodd.so: cannot instantiate: incompatible import type for "
+        "`env::__indirect_function_table`: "
+    )
+    assert "externref" in message
+    assert "\n" not in message
