@@ -138,14 +138,16 @@ class Scheduler(Generic[W]):
         granted = True
         while granted and self._rr:
             granted = False
-            for _ in range(len(self._rr)):
-                uid = self._rr[0]
-                self._rr.rotate(-1)
+            for uid in list(self._rr):  # least recently served first
                 queue = self._queues[uid]
                 if self._grant(queue[0]):
                     queue.popleft()
                     granted = True
-                    self._forget_if_empty(uid)
+                    self._rr.remove(uid)  # served: to the back of the line
+                    if queue:
+                        self._rr.append(uid)
+                    else:
+                        del self._queues[uid]
 
     def _forget_if_empty(self, uid: int) -> None:
         queue = self._queues.get(uid)

@@ -210,7 +210,9 @@ class Server:
         self.started = time.monotonic()
         self.draining = False
         self._idle = trio.Event()  # set whenever no request is in flight
+        self._closed = trio.Event()  # set whenever a connection ends
         self._accept_stopped = trio.Event()
+        self._stop_send, self._stops = trio.open_memory_channel[str](4)
         self._last_accept_warning = -math.inf
 
     # -- who may connect ----------------------------------------------------------
@@ -253,56 +255,70 @@ class Server:
         self,
         listener: socket.socket,
         *,
+        handle_signals: bool = True,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until SIGTERM/SIGINT, then drain and return."""
+        """Serve until SIGTERM/SIGINT (or :meth:`stop`), then drain and
+        return. A second stop cancels what is still running."""
         lsock = trio.socket.from_stdlib_socket(listener)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                accept_scope = trio.CancelScope()
-                nursery.start_soon(self._accept_loop, lsock, nursery, accept_scope)
-                nursery.start_soon(self.scheduler.reap_forever)
-                task_status.started()
-                notify("READY=1\nSTATUS=serving")
-                async for signum in signals:
-                    log.info(
-                        "%s: draining %d running request(s)",
-                        signal.Signals(signum).name,
-                        self.inflight_count(),
-                    )
-                    await self.drain(signals, accept_scope, nursery)
-                    nursery.cancel_scope.cancel()
-                    break
+        if handle_signals:
+            # The receiver is open before READY=1: a SIGTERM right after it
+            # must start a drain, not kill the process.
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                await self._serve(lsock, received, task_status)
+        else:
+            await self._serve(lsock, None, task_status)
         self.scheduler.close_idle()
         log.info("stopped")
 
-    async def drain(
+    async def _serve(
         self,
-        signals: AsyncIterator[int] | None,
-        accept_scope: trio.CancelScope,
-        nursery: trio.Nursery,
+        lsock: trio.socket.SocketType,
+        received: AsyncIterator[int] | None,
+        task_status: trio.TaskStatus[None],
     ) -> None:
+        async with trio.open_nursery() as nursery:
+            if received is not None:
+                nursery.start_soon(self._forward_signals, received)
+            accept_scope = trio.CancelScope()
+            nursery.start_soon(self._accept_loop, lsock, nursery, accept_scope)
+            nursery.start_soon(self.scheduler.reap_forever)
+            task_status.started()
+            notify("READY=1\nSTATUS=serving")
+            why = await self._stops.receive()
+            log.info("%s: draining %d running request(s)", why, self.inflight_count())
+            await self.drain(accept_scope)
+            nursery.cancel_scope.cancel()
+
+    def stop(self, why: str = "stop") -> None:
+        """Begin draining; called again, cancel what is still running."""
+        try:
+            self._stop_send.send_nowait(why)
+        except trio.WouldBlock:
+            pass
+
+    async def _forward_signals(self, received: AsyncIterator[int]) -> None:
+        async for signum in received:
+            self.stop(signal.Signals(signum).name)
+
+    async def drain(self, accept_scope: trio.CancelScope) -> None:
         """Stop accepting, answer every request accepted so far (new ones
         get "shutting down"), and return when all are answered: at once on
-        a second signal or after ``drain_timeout``, running and waiting
+        a second stop or after ``drain_timeout``, running and waiting
         requests are cancelled (and answered so)."""
         self.draining = True
         accept_scope.cancel()
         await self._accept_stopped.wait()
-        active = self.inflight_count()
-        notify(f"STOPPING=1\nSTATUS=draining {active} request(s)")
+        notify(f"STOPPING=1\nSTATUS=draining {self.inflight_count()} request(s)")
         with trio.move_on_after(self.config.drain_timeout) as timer:
             async with trio.open_nursery() as watch:
 
-                async def second_signal() -> None:
-                    assert signals is not None
-                    async for again in signals:
-                        log.info("%s again: cancelling requests", signal.Signals(again).name)
-                        watch.cancel_scope.cancel()
-                        return
+                async def second_stop() -> None:
+                    why = await self._stops.receive()
+                    log.info("%s again: cancelling requests", why)
+                    watch.cancel_scope.cancel()
 
-                if signals is not None:
-                    watch.start_soon(second_signal)
+                watch.start_soon(second_stop)
                 await self.wait_idle()
                 watch.cancel_scope.cancel()
         if timer.cancelled_caught:
@@ -312,7 +328,11 @@ class Server:
         with trio.move_on_after(self.config.kill_grace + 1):
             await self.wait_idle()
         for handler in list(self.connections):
-            await handler.close_answering_shutdown()
+            handler.begin_close()
+        with trio.move_on_after(_FRESH_LINGER + 1):
+            while self.connections:
+                self._closed = trio.Event()
+                await self._closed.wait()
 
     def inflight_count(self) -> int:
         return sum(len(h.inflight) for h in self.connections)
@@ -394,6 +414,7 @@ class Server:
                 await handler.run()
             finally:
                 self.connections.discard(handler)
+                self._closed.set()
                 self.open_connections -= 1
                 self.per_uid[peer.uid] -= 1
                 if not self.per_uid[peer.uid]:
@@ -426,6 +447,7 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:
     return True
 
 
+_FRESH_LINGER = 1.0  # seconds a just-accepted connection has to send, at shutdown
 _REFUSAL_LINGER = 2.0  # seconds a refused client has to finish sending and read
 _REFUSAL_READ_LIMIT = 1 << 20
 
@@ -487,6 +509,8 @@ class _ConnectionHandler:
         self.read_scope: trio.CancelScope | None = None
         self.last_activity = trio.current_time()
         self.frame_started: float | None = None
+        self.received_any = False  # any byte from the client yet
+        self.closing_at: float | None = None  # the drain is over: close then
 
     async def run(self) -> None:
         with self.scope:
@@ -516,6 +540,8 @@ class _ConnectionHandler:
     # -- reading -------------------------------------------------------------------
 
     def _read_deadline(self) -> float:
+        if self.closing_at is not None:
+            return self.closing_at
         config = self.server.config
         if self.frame_started is not None:
             return self.frame_started + config.frame_timeout
@@ -543,7 +569,9 @@ class _ConnectionHandler:
                 timed_out = self.read_scope.cancelled_caught
                 self.read_scope = None
             if timed_out:
-                if self.frame_started is not None:
+                if self.closing_at is not None:
+                    await self._final_pass()
+                elif self.frame_started is not None:
                     await self._protocol_error(
                         ProtocolError(
                             "frame not completed within "
@@ -555,6 +583,7 @@ class _ConnectionHandler:
                 return
             fds = _received_fds(ancdata)
             self.pending_fds.extend(fds)
+            self.received_any = True
             try:
                 self.conn.receive_fds(len(fds), truncated=bool(flags & socket.MSG_CTRUNC))
                 self.conn.receive_data(data)
@@ -583,9 +612,20 @@ class _ConnectionHandler:
             await _send_all(self.sock, encode_message(error_response(e)))
         self.gone = True
 
-    async def close_answering_shutdown(self) -> None:
-        """At the end of a drain: answer whatever request is already waiting
-        in the socket ("shutting down"), then close."""
+    def begin_close(self) -> None:
+        """At the end of a drain: answer what the client already sent
+        ("shutting down"), then close. A connection that has sent nothing
+        yet (accepted just before the stop) gets a moment to send its
+        request, so its client reads an answer rather than a closed
+        socket."""
+        linger = 0.0 if self.received_any else _FRESH_LINGER
+        self.closing_at = trio.current_time() + linger
+        if self.read_scope is not None:
+            self.read_scope.deadline = self.closing_at
+
+    async def _final_pass(self) -> None:
+        """Take whatever is already in the socket, without waiting, and
+        answer each request in it as shutting down."""
         try:
             while True:
                 data, anc, flags, _ = self.sock._sock.recvmsg(  # non-blocking socket
@@ -597,13 +637,12 @@ class _ConnectionHandler:
                 self.conn.receive_data(data)
                 while (msg := self.conn.next_message()) is not None:
                     if isinstance(msg, Run | Dlopen | Preload):
-                        self._take_fds(msg)
+                        _close_all(self._take_fds(msg))
                         await self.send(_shutting_down(msg.request_id))
                 if not data:
-                    break
+                    return
         except (OSError, ProtocolError):
-            pass
-        self.scope.cancel()
+            return
 
     def _take_fds(self, msg: Message) -> list[int]:
         n = self.conn.fds_for(msg)
