@@ -27,7 +27,7 @@ import attrs
 import wasmtime
 
 from .diskcache import DiskCache
-from .errors import LoadError
+from .errors import LimitError, LoadError
 from .module import ModuleImage, decode
 
 DEFAULT_BUDGET = 1 << 30  # bytes of modules kept in memory
@@ -78,13 +78,22 @@ class ModuleCache:
 
     # -- lookup ---------------------------------------------------------------
 
-    def load(self, path: str, name: str | None = None) -> ModuleImage:
+    def load(
+        self, path: str, name: str | None = None, max_bytes: int | None = None
+    ) -> ModuleImage:
         """The decoded image of ``path`` (compiled lazily); LoadError if it
-        cannot be opened or is not a valid module."""
+        cannot be opened or is not a valid module, LimitError if it is larger
+        than ``max_bytes`` (checked on the opened file before reading it)."""
         display = name or os.path.basename(path)
         try:
             with open(path, "rb") as f:
-                ident = _identity(os.fstat(f.fileno()))
+                st = os.fstat(f.fileno())
+                if max_bytes is not None and st.st_size > max_bytes:
+                    raise LimitError(
+                        f"{path}: file of {st.st_size} bytes is over the limit of {max_bytes} "
+                        "bytes for a module (max_file_size)"
+                    )
+                ident = _identity(st)
                 with self._lock:
                     known = self._by_identity.get(path)
                     if known is not None and known[0] == ident:

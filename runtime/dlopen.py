@@ -331,7 +331,7 @@ class DynamicLinker:
         if slot is None:
             table = self.iset.table
             slot = table.size(self.store)
-            table.grow(self.store, 1, None)
+            self._grow_table(1, self.modules[owner].image.display)
             table.set(self.store, slot, self._export(owner, name))
             self.canonical[(owner, funcidx)] = slot
         return slot
@@ -480,7 +480,14 @@ class DynamicLinker:
         key = self._file_key(path)
         if key is not None and key in self.by_file and not self.modules[self.by_file[key]].closed:
             return self.by_file[key]
-        image = self.cache.load(path, name)
+        options = self.iset.plan.options
+        if len(self.modules) >= options.max_libraries:
+            raise DlError(
+                f"{name}: too many libraries: this run has loaded {len(self.modules)} "
+                f"modules, the limit (max_libraries) is {options.max_libraries}",
+                errno.EMFILE,
+            )
+        image = self.cache.load(path, name, options.max_file_size)
         if image.kind != "pic" or image.dylink is None:
             raise DlError(f"{path}: not a shared library (no dylink.0 section)", errno.ENOEXEC)
         image.module()
@@ -555,7 +562,18 @@ class DynamicLinker:
             m.table_base = _align(t0, dl.table_align)
             grow = m.table_base + dl.table_size - t0
             if grow:
-                table.grow(store, grow, None)
+                self._grow_table(grow, m.image.display)
+
+    def _grow_table(self, n: int, who: str) -> None:
+        """Grow the indirect function table, within the run's table limit."""
+        try:
+            self.iset.table.grow(self.store, n, None)
+        except wasmtime.WasmtimeError:
+            raise DlError(
+                f"{who}: cannot grow the function table by {n} slots (the run's table "
+                f"limit is {self.iset.limits.table_limit()} elements)",
+                errno.ENOMEM,
+            ) from None
 
     def _take_free(self, need: int) -> int | None:
         for i, (start, size) in enumerate(self.free_regions):
@@ -706,7 +724,7 @@ class DynamicLinker:
         if slot is None:
             table = self.iset.table
             slot = table.size(self.store)
-            table.grow(self.store, 1, None)
+            self._grow_table(1, m.image.display)
             self.canonical[(owner, funcidx)] = slot
             pending.append((slot, owner, name))
         return slot

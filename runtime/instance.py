@@ -291,8 +291,16 @@ class InstanceSet:
 
     def _apply_limits(self, fuel: bool) -> None:
         store, limits = self.store, self.limits
-        if limits.memory_bytes is not None:
-            store.set_limits(memory_size=limits.memory_bytes)
+        tables = limits.table_limit()
+        if self.plan.table_size > tables:
+            raise LimitError(
+                f"{self.plan.root_module.image.display}: needs {self.plan.table_size} table "
+                f"slots at start, over the run's table limit of {tables} elements"
+            )
+        store.set_limits(
+            memory_size=-1 if limits.memory_bytes is None else limits.memory_bytes,
+            table_elements=tables,
+        )
         if fuel:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)
         if self.control is not None:
@@ -480,7 +488,8 @@ class InstanceSet:
             except wasmtime.WasmtimeError:
                 raise LoadError(
                     f"{plan.root_module.image.path}: its table cannot grow to "
-                    f"{plan.table_size} slots (link the main with --growable-table)"
+                    f"{plan.table_size} slots (link the main with --growable-table; "
+                    f"the run's table limit is {self.limits.table_limit()} elements)"
                 ) from None
 
     def _fill_tables(self) -> None:

@@ -24,13 +24,41 @@ TICK: Final = 0.01  # seconds between epoch increments
 _UPDATE_DEADLINE_CONTINUE: Final = 0  # wasmtime_update_deadline_kind_t
 
 
+# Elements a table may hold when the run sets no limit of its own: tables
+# are host memory too (8 bytes an element), and a guest's ``table.grow`` must
+# not be able to allocate gigabytes even in an otherwise unlimited run.
+DEFAULT_TABLE_ELEMENTS: Final = 10_000_000
+# With a memory limit, each table may take an eighth of that budget.
+TABLE_SHARE_OF_MEMORY: Final = 8
+TABLE_ELEMENT_BYTES: Final = 8
+MIN_TABLE_ELEMENTS: Final = 65536
+
+
 @attrs.frozen
 class RunLimits:
-    """Limits of one run; ``None`` means unlimited."""
+    """Limits of one run; ``None`` means unlimited (tables: see below).
+
+    ``table_elements`` bounds every table of the run (the indirect function
+    table, PLT tables, tables of dlopen'ed libraries): a ``table.grow`` past
+    it returns -1, as ``memory.grow`` does past ``memory_bytes``. Left
+    ``None``, it follows the memory limit (each table may take an eighth of
+    ``memory_bytes``, at 8 bytes an element, and at least 65,536 elements)
+    or, without one, ``DEFAULT_TABLE_ELEMENTS``.
+    """
 
     memory_bytes: int | None = None  # linear memory (Store limits)
     timeout: float | None = None  # wall-clock seconds
     fuel: int | None = None  # wasmtime fuel units (needs a Runtime(fuel=True))
+    table_elements: int | None = None  # per table; None: derived, see above
+
+    def table_limit(self) -> int:
+        """The element limit each table of the run gets."""
+        if self.table_elements is not None:
+            return self.table_elements
+        if self.memory_bytes is not None:
+            share = self.memory_bytes // TABLE_SHARE_OF_MEMORY // TABLE_ELEMENT_BYTES
+            return max(MIN_TABLE_ELEMENTS, share)
+        return DEFAULT_TABLE_ELEMENTS
 
 
 class RunControl:

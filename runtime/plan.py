@@ -78,14 +78,28 @@ DYLD_FUNCTIONS: Final = {
 }
 
 
+DEFAULT_MAX_FILE_SIZE: Final = 256 << 20
+DEFAULT_MAX_LIBRARIES: Final = 1024
+
+
 @attrs.frozen
 class LinkOptions:
-    """Options that change the plan (and so are part of its identity)."""
+    """Options that change the plan (and so are part of its identity).
+
+    ``max_file_size``: a program or library file larger than this is refused
+    before it is read (LimitError naming the file and the limit), at load
+    time and on guest dlopen. ``max_libraries``: how many modules one run
+    may load, the program and its load-time libraries plus every library
+    the guest dlopens (a dlclose'd library still counts: its instance lives
+    as long as the run).
+    """
 
     bind_now: bool = False
     stack_size: int = 1 << 20
     max_memory: int = 1 << 32  # bytes the memory may grow to
     preload: tuple[str, ...] = ()
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_libraries: int = DEFAULT_MAX_LIBRARIES
 
 
 class PlannedModule(NamedTuple):
@@ -173,9 +187,12 @@ def _file_key(path: str) -> tuple[int, int] | str:
 class _Loader:
     """Loads the NEEDED closure breadth-first (the global scope order)."""
 
-    def __init__(self, cache: ModuleCache, search: SearchPath) -> None:
+    def __init__(
+        self, cache: ModuleCache, search: SearchPath, options: LinkOptions | None = None
+    ) -> None:
         self.cache = cache
         self.search = search
+        self.options = options or LinkOptions()
         self.images: list[ModuleImage] = []
         self.needed: list[list[int]] = []
         self.by_file: dict[tuple[int, int] | str, int] = {}
@@ -189,13 +206,24 @@ class _Loader:
         key = _file_key(path)
         if key in self.by_file:
             return self.by_file[key]
+        limit = self.options.max_libraries
+        if len(self.images) >= limit:
+            raise LimitError(
+                f"{name}: too many libraries: the program and its libraries are over the "
+                f"limit of {limit} modules in one run (max_libraries)"
+            )
         t0 = time.perf_counter()
-        image = self.cache.load(path, name)
+        image = self.cache.load(path, name, self.options.max_file_size)
         self.load_seconds += time.perf_counter() - t0
         if image.kind == "plain" and self.images:
             raise LoadError(
                 f"{image.path}: not a shared library (it has no dylink.0 section), "
                 f"needed by {self.images[0].display}"
+            )
+        if image.kind == "nonpie" and self.images:
+            raise LoadError(
+                f"{image.path}: not a shared library (it defines its own memory instead of "
+                f"importing env.memory), needed by {self.images[0].display}"
             )
         idx = len(self.images)
         self.images.append(image)
@@ -313,7 +341,7 @@ class Planner:
         """Build the plan; with ``strict=False`` unresolved symbols are only
         recorded in ``plan.unresolved`` (for ``wasmrun ldd``)."""
         t0 = time.perf_counter()
-        loader = _Loader(self.cache, self.search)
+        loader = _Loader(self.cache, self.search, self.options)
         preload = loader.closure(root_path, self.options.preload)
         images = loader.images
         root = 0
