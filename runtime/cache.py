@@ -78,9 +78,7 @@ class ModuleCache:
 
     # -- lookup ---------------------------------------------------------------
 
-    def load(
-        self, path: str, name: str | None = None, max_bytes: int | None = None
-    ) -> ModuleImage:
+    def load(self, path: str, name: str | None = None, max_bytes: int | None = None) -> ModuleImage:
         """The decoded image of ``path`` (compiled lazily); LoadError if it
         cannot be opened or is not a valid module, LimitError if it is larger
         than ``max_bytes`` (checked on the opened file before reading it)."""

@@ -6,13 +6,11 @@ so that one run shows every problem.
 
 from __future__ import annotations
 
-import os
-
 import attrs
 
 from .cache import ModuleCache
-from .errors import LoadError
-from .plan import LinkOptions, Planner
+from .errors import LoadError, one_line
+from .plan import LinkOptions, Loader, Planner
 from .search import SearchPath
 
 _KINDS = {"pic": "dynamically linked", "nonpie": "non-PIE main", "plain": "not dynamic"}
@@ -30,44 +28,52 @@ class LddReport:
         return not (self.missing_libraries or self.unresolved or self.error)
 
 
-def ldd(cache: ModuleCache, search: SearchPath, path: str) -> LddReport:
-    root = cache.load(path, path)
+def ldd(
+    cache: ModuleCache, search: SearchPath, path: str, options: LinkOptions | None = None
+) -> LddReport:
+    """The dependency tree as the loader resolves it (the planner's own
+    :class:`~.plan.Loader`, not a second search), then the unresolved
+    symbols of a plan built from the same files."""
+    options = options or LinkOptions()
+    loader = Loader(cache, search, options)
+    loader.closure(path, (), strict=False)
+    root = loader.images[0]
     what = "program" if root.is_executable else "library"
     lines = [f"{path} ({what}, {_KINDS[root.kind]})"]
     missing: list[str] = []
-    expanded: set[str] = set()
-
-    def walk(image, depth: int, chain: tuple[str, ...]) -> None:
-        rpath = image.dylink.runtime_path if image.dylink else ()
-        for dep in image.needed:
-            found = search.find(dep, image.path, rpath)
-            pad = "    " * depth
-            if found is None:
-                lines.append(f"{pad}{dep} => not found")
-                missing.append(dep)
-                continue
-            real = os.path.realpath(found)
-            if real in chain:
-                lines.append(f"{pad}{dep} => {found} (cycle)")
-                continue
-            if real in expanded:
-                lines.append(f"{pad}{dep} => {found} (see above)")
-                continue
-            expanded.add(real)
-            lines.append(f"{pad}{dep} => {found}")
-            try:
-                child = cache.load(found, dep)
-            except LoadError as e:
-                lines.append(f"{pad}    error: {e}")
-                missing.append(dep)
-                continue
-            walk(child, depth + 1, (*chain, real))
-
-    walk(root, 1, (os.path.realpath(path),))
+    expanded: set[int] = set()
+    # Depth-first over the edges with an explicit stack (a long NEEDED chain
+    # must not hit the recursion limit); a subtree is printed right under
+    # its line. The depth of an entry is the height of the stack.
+    stack = [(iter(loader.edges[0]), (0,))]
+    while stack:
+        edges, chain = stack[-1]
+        edge = next(edges, None)
+        if edge is None:
+            stack.pop()
+            continue
+        pad = "    " * len(stack)
+        edge = edge._replace(name=one_line(edge.name))  # a name from the file: keep it one line
+        if edge.path is None:
+            lines.append(f"{pad}{edge.name} => not found")
+            missing.append(edge.name)
+        elif edge.index is None:
+            lines.append(f"{pad}{edge.name} => {edge.path}")
+            lines.append(f"{pad}    error: {edge.error}")
+            missing.append(edge.name)
+        elif edge.index in chain:
+            lines.append(f"{pad}{edge.name} => {edge.path} (cycle)")
+        elif edge.index in expanded:
+            lines.append(f"{pad}{edge.name} => {edge.path} (see above)")
+        else:
+            expanded.add(edge.index)
+            lines.append(f"{pad}{edge.name} => {edge.path}")
+            stack.append((iter(loader.edges[edge.index]), (*chain, edge.index)))
     if missing:
         return LddReport(lines, missing, [])
     try:
-        plan = Planner(cache, search, LinkOptions()).plan(path, strict=False)
+        plan = Planner(cache, search, options).plan(path, strict=False)
     except LoadError as e:
         return LddReport(lines, [], [], str(e))
-    return LddReport(lines, [], list(plan.unresolved))
+    unresolved = [(one_line(m), one_line(n), k) for m, n, k in plan.unresolved]
+    return LddReport(lines, [], unresolved)

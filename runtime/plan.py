@@ -184,8 +184,25 @@ def _file_key(path: str) -> tuple[int, int] | str:
         return os.path.abspath(path)
 
 
-class _Loader:
-    """Loads the NEEDED closure breadth-first (the global scope order)."""
+class NeededEdge(NamedTuple):
+    """How one NEEDED entry of a module was resolved (for ``wasmrun ldd``)."""
+
+    name: str  # as written in the NEEDED entry
+    path: str | None  # the file it resolved to; None: not found
+    index: int | None  # the loaded module; None: not found or failed to load
+    error: str | None = None  # why the file found could not be loaded
+
+
+class Loader:
+    """Loads the NEEDED closure breadth-first (the global scope order).
+
+    The one place library names become files: the planner uses it, and so
+    does ``wasmrun ldd`` (non-strict, recording failures instead of raising),
+    so that ldd shows exactly what a run would load. A NEEDED name already
+    loaded (by file name) is reused without a search, as ld.so does: a
+    library without RUNTIME_PATH finds a sibling the program loaded through
+    its own RUNTIME_PATH.
+    """
 
     def __init__(
         self, cache: ModuleCache, search: SearchPath, options: LinkOptions | None = None
@@ -195,6 +212,7 @@ class _Loader:
         self.options = options or LinkOptions()
         self.images: list[ModuleImage] = []
         self.needed: list[list[int]] = []
+        self.edges: list[list[NeededEdge]] = []
         self.by_file: dict[tuple[int, int] | str, int] = {}
         self.by_name: dict[str, int] = {}
         # Paths tried and not found before each hit: if one appears later, a
@@ -228,6 +246,7 @@ class _Loader:
         idx = len(self.images)
         self.images.append(image)
         self.needed.append([])
+        self.edges.append([])
         self.by_file[key] = idx
         self.by_name.setdefault(os.path.basename(name), idx)
         return idx
@@ -248,8 +267,11 @@ class _Loader:
             )
         return found
 
-    def closure(self, root_path: str, preload: Sequence[str]) -> list[int]:
-        """Load root, preloads and every NEEDED library; returns preload indices."""
+    def closure(self, root_path: str, preload: Sequence[str], strict: bool = True) -> list[int]:
+        """Load root, preloads and every NEEDED library; returns preload indices.
+
+        With ``strict=False`` a library that is missing or fails to load is
+        recorded in ``edges`` and the walk goes on."""
         root = self.add(root_path, root_path)
         pre = []
         for p in preload:
@@ -260,8 +282,23 @@ class _Loader:
             for dep in image.needed:
                 if "/" not in dep and dep in self.by_name:
                     j = self.by_name[dep]
+                    found = self.images[j].path
                 else:
-                    j = self.add(self.resolve(dep, image), dep)
+                    try:
+                        found = self.resolve(dep, image)
+                    except LoadError:
+                        if strict:
+                            raise
+                        self.edges[i].append(NeededEdge(dep, None, None))
+                        continue
+                    try:
+                        j = self.add(found, dep)
+                    except LoadError as e:
+                        if strict:
+                            raise
+                        self.edges[i].append(NeededEdge(dep, found, None, str(e)))
+                        continue
+                self.edges[i].append(NeededEdge(dep, found, j))
                 if j not in self.needed[i]:
                     self.needed[i].append(j)
             i += 1
@@ -341,7 +378,7 @@ class Planner:
         """Build the plan; with ``strict=False`` unresolved symbols are only
         recorded in ``plan.unresolved`` (for ``wasmrun ldd``)."""
         t0 = time.perf_counter()
-        loader = _Loader(self.cache, self.search, self.options)
+        loader = Loader(self.cache, self.search, self.options)
         preload = loader.closure(root_path, self.options.preload)
         images = loader.images
         root = 0

@@ -27,6 +27,7 @@ from wasmrun.runtime import (
     WasiOptions,
 )
 from wasmrun.runtime.dlopen import RTLD_NOW, DlError
+from wasmrun.runtime.ldd import ldd
 from wasmrun.runtime.plan import Planner
 from wasmrun.runtime.search import SearchPath
 from wasmrun.runtime.wasmbin import Reader, parse_module
@@ -199,12 +200,19 @@ def fuzz_runtime(corpus: Path) -> Runtime:
 
 
 def _plan_only(rt: Runtime, root: Path, directory: Path) -> None:
+    """The planner (strict and as ldd uses it) and ldd itself."""
     search = SearchPath((str(directory),), (), ())
     for strict in (True, False):
         try:
             Planner(rt.cache, search, LinkOptions()).plan(str(root), strict=strict)
         except LoadError as e:
             assert "\n" not in str(e), str(e)
+    try:
+        report = ldd(rt.cache, search, str(root))
+    except LoadError as e:
+        assert "\n" not in str(e), str(e)
+    else:
+        assert all("\n" not in line for line in report.lines)
 
 
 def _corpus_copy(corpus: Path, tmp_path: Path, *names: str) -> Path:

@@ -1,0 +1,1 @@
+int lddb_value(void) { return 41; }

@@ -1,0 +1,57 @@
+"""``wasmrun ldd`` resolves libraries with the loader's own code, so it shows
+exactly what a run loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from wasmrun.runtime import Runtime
+from wasmrun.runtime.ldd import ldd
+
+
+def test_a_library_without_runtime_path_reuses_what_the_program_loaded(cli, corpus: Path):
+    """libldda.so has no RUNTIME_PATH and needs liblddb.so; the program needs
+    both through RUNTIME_PATH $ORIGIN/lddlib. The run works, so ldd must not
+    say ``not found``."""
+    program = str(corpus / "lddmain.wasm")
+    run = cli("run", "--no-daemon", "-L", str(corpus), program)
+    assert (run.returncode, run.stdout) == (0, "ldda_value=42\n"), run.stderr
+    p = cli("ldd", "-L", str(corpus), program)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lib = corpus / "lddlib"
+    assert p.stdout.splitlines() == [
+        f"{program} (program, dynamically linked)",
+        f"    libldda.so => {lib / 'libldda.so'}",
+        f"        liblddb.so => {lib / 'liblddb.so'}",
+        f"    liblddb.so => {lib / 'liblddb.so'} (see above)",
+        f"    libc.so => {corpus / 'libc.so'}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "lddmain.wasm",
+        "diamond.wasm",
+        "cycmain.wasm",
+        "rpmain.wasm",
+        "precmain.wasm",
+        "dlmain.wasm",
+        "libleft.so",
+    ],
+)
+def test_ldd_lists_the_files_a_run_loads(runtime: Runtime, corpus: Path, program: str):
+    path = str(corpus / program)
+    report = ldd(runtime.cache, runtime.search, path)
+    assert report.ok, report
+    shown = {
+        os.path.realpath(
+            line.split(" => ")[1].removesuffix(" (see above)").removesuffix(" (cycle)")
+        )
+        for line in report.lines[1:]
+    }
+    plan = runtime.plan(path)
+    loaded = {os.path.realpath(pm.image.path) for pm in plan.modules[1:]}
+    assert shown == loaded
