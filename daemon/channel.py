@@ -19,6 +19,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+import struct
 import threading
 from collections import deque
 from typing import Any
@@ -29,6 +30,11 @@ MAX_FDS_PER_FRAME = 64
 MAX_FRAME = 512 << 20  # a module of up to the largest allowed size, plus room
 _HEADER = 4
 _ANC = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)
+
+CANCEL = struct.Struct("<IB")
+"""A record on a worker's cancel socket: the job's number, and why (a
+separate socket, so cancellation never waits behind the job channel)."""
+CANCEL_REASONS = {0: "cancelled", 1: "timeout"}
 
 
 class ChannelError(Exception):

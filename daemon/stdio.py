@@ -77,6 +77,28 @@ def readable(fd: int) -> bool:
     return _access_mode(fd) in (os.O_RDONLY, os.O_RDWR)
 
 
+def _direct(fd: int, write: bool) -> bool:
+    """Whether wasmtime may open the client's own pipe or character device
+    (terminal, /dev/null) by its /proc path: opening those truncates
+    nothing, and the new open file has the access the client's descriptor
+    has (writable for output, readable for input), never more. A guest
+    then blocked on it is stopped by killing its worker."""
+    mode = _access_mode(fd)
+    if mode is None or (write and mode == os.O_RDONLY) or (not write and mode == os.O_WRONLY):
+        return False
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            return False
+        # The open is checked against the inode's owner and mode: a pipe
+        # another user made (a root shell's) may be closed to this worker.
+        flags = (os.O_WRONLY if write else os.O_RDONLY) | os.O_NONBLOCK | os.O_NOCTTY
+        os.close(os.open(proc_path(fd), flags | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
 def _reopenable_input(fd: int) -> bool:
     """Reading stdin through a fresh open of its /proc path is faithful and
     never blocks: a regular file still at offset 0, or /dev/null. Only a
@@ -167,13 +189,20 @@ class StdioRelay:
     """Pipes between the guest and the client's stdio, and the thread that
     copies through them. Use: ``paths`` for the WASI config, ``start()``
     before the run, ``finish()`` after it (returns once output is drained),
-    ``close()`` always."""
+    ``close()`` always.
+
+    ``direct``: the guest uses the client's pipes and terminals itself (no
+    copying thread), as wasmrund's workers do: they can be killed when a
+    guest blocks on one. Regular files still go through the relay (wasmtime
+    would truncate them), and so does everything when ``direct`` is off.
+    """
 
     def __init__(
         self,
         fds: Mapping[str, int],
         control: RunControl,
         on_done: Callable[[], None] | None = None,
+        direct: bool = False,
     ) -> None:
         self.control = control
         self.on_done = on_done
@@ -194,6 +223,9 @@ class StdioRelay:
             for role in ("stdout", "stderr"):
                 if role not in fds:
                     continue
+                if direct and _direct(fds[role], write=True):
+                    self.paths[role] = proc_path(fds[role])
+                    continue
                 ident = _identity(fds[role])
                 if ident is not None and ident in by_file:
                     # stdout and stderr go to the same file (2>&1, a terminal):
@@ -208,7 +240,7 @@ class StdioRelay:
                     by_file[ident] = self.paths[role]
             if "stdin" in fds:
                 client = fds["stdin"]
-                if _reopenable_input(client):
+                if _reopenable_input(client) or (direct and _direct(client, write=False)):
                     self.paths["stdin"] = proc_path(client)
                 else:
                     r, w = self._pipe()

@@ -10,22 +10,25 @@ opened here, with the tenant's credentials, so the kernel decides.
 Messages on the channel (see :mod:`wasmrun.daemon.channel`):
 
 * front -> worker: ``job`` (a protocol request's payload, its descriptor
-  roles, the descriptors), ``cancel`` (stop the current run), ``code``
-  (an answer to our request: a sealed memfd of compiled code, or an error).
+  roles, the descriptors, its number), ``code`` (an answer to our
+  request: a sealed memfd of compiled code, or an error); on the cancel
+  socket, :data:`CANCEL` records.
 * worker -> front: ``code`` (the bytes of a module we need compiled code
   for), ``done`` (the protocol response's payload).
 
-A reader thread takes every message off the channel, so a ``cancel``
-reaches the running guest (through its RunControl and epoch interruption)
-while the main thread is inside wasmtime. A guest that does not stop (a
-host call that blocks) is the front's to handle: it kills this process.
+The main thread owns the channel: it receives a job, asks for code while
+linking, and sends the answer. Cancellation comes on a second socket, read
+by a thread of its own, so a ``cancel`` reaches the running guest (through
+its RunControl and epoch interruption) while the main thread is inside
+wasmtime. A guest that does not stop (a host call that blocks) is the
+front's to handle: it kills this process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
+import socket
 import threading
 from typing import Any
 
@@ -34,7 +37,7 @@ from wasmrun.protocol import Error, decode_message, encode_payload
 from wasmrun.protocol.messages import Request
 from wasmrun.runtime import LoadError, RunControl, Runtime
 
-from .channel import ChannelError, SyncChannel, close_fds
+from .channel import CANCEL, CANCEL_REASONS, ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
 from .execute import Job, error_for, execute, stopped_error
 from .stdio import StdioRelay
@@ -44,25 +47,19 @@ log = logging.getLogger("wasmrund")
 
 class RemoteCode:
     """A runtime ``code_source``: compiled code from the front, never
-    compiled here. ``ask`` sends the bytes and returns the answer."""
+    compiled here. The asking thread owns the channel while it waits."""
 
     def __init__(self, engine: wasmtime.Engine, channel: SyncChannel) -> None:
         self.engine = engine
         self.channel = channel
-        self.replies: queue.SimpleQueue[tuple[dict[str, Any], list[int]]] | None = None
-
-    def _answer(self) -> tuple[dict[str, Any], list[int]]:
-        if self.replies is not None:  # a reader thread owns the channel
-            return self.replies.get()
-        while True:
-            msg, fds = self.channel.receive()
-            if msg["op"] == "code":
-                return msg, fds
-            close_fds(fds)
 
     def __call__(self, digest: str, data: bytes) -> wasmtime.Module:
         self.channel.send({"op": "code", "data": data})
-        msg, fds = self._answer()
+        while True:
+            msg, fds = self.channel.receive()
+            if msg["op"] == "code":
+                break
+            close_fds(fds)
         if not fds:
             raise wasmtime.WasmtimeError(str(msg.get("error", "no compiled code")))
         try:
@@ -72,51 +69,59 @@ class RemoteCode:
 
 
 class _Current:
-    """The job being run, for the reader thread's ``cancel``."""
+    """The job being run, for the cancel thread."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.number = 0
         self.control: RunControl | None = None
 
 
-def serve(channel: SyncChannel, runtime: Runtime, config: DaemonConfig, code: RemoteCode) -> None:
-    """Run jobs until the front closes the channel or says ``exit``."""
-    jobs: queue.SimpleQueue[tuple[dict[str, Any], list[int]] | None] = queue.SimpleQueue()
-    replies: queue.SimpleQueue[tuple[dict[str, Any], list[int]]] = queue.SimpleQueue()
-    code.replies = replies
-    current = _Current()
-
-    def reader() -> None:
-        try:
-            while True:
-                msg, fds = channel.receive()
-                op = msg["op"]
-                if op == "job":
-                    jobs.put((msg, fds))
-                elif op == "code":
-                    replies.put((msg, fds))
-                elif op == "cancel":
-                    with current.lock:
-                        if current.control is not None:
-                            current.control.cancel(str(msg.get("reason", "cancelled")))
-                    close_fds(fds)
-                else:
-                    close_fds(fds)
-                    if op == "exit":
-                        break
-        except ChannelError:
-            pass
-        # The front is gone or wants us gone: nothing may run on.
-        os._exit(0)
-
-    threading.Thread(target=reader, name="wasmrund-channel", daemon=True).start()
+def _listen_for_cancels(sock: socket.socket, current: _Current) -> None:
+    """The cancel thread: stop the current run when the front says so. A
+    separate socket, so the main thread owns the job channel alone (a job
+    arrives without a hand-off between threads)."""
+    buffer = b""
     while True:
-        item = jobs.get()
-        if item is None:
-            return
-        msg, fds = item
+        try:
+            data = sock.recv(64)
+        except OSError:
+            data = b""
+        if not data:
+            os._exit(0)  # the front is gone: nothing may run on
+        buffer += data
+        while len(buffer) >= CANCEL.size:
+            number, why = CANCEL.unpack_from(buffer)
+            buffer = buffer[CANCEL.size :]
+            with current.lock:
+                if current.number == number and current.control is not None:
+                    current.control.cancel(CANCEL_REASONS.get(why, "cancelled"))
+
+
+def serve(
+    channel: SyncChannel,
+    cancels: socket.socket,
+    runtime: Runtime,
+    config: DaemonConfig,
+) -> None:
+    """Run jobs until the front closes the channel or says ``exit``."""
+    current = _Current()
+    threading.Thread(
+        target=_listen_for_cancels, args=(cancels, current), name="wasmrund-cancel", daemon=True
+    ).start()
+    while True:
+        try:
+            msg, fds = channel.receive()
+        except ChannelError:
+            return  # the front is gone or retired us
+        if msg["op"] != "job":
+            close_fds(fds)
+            if msg["op"] == "exit":
+                return
+            continue
         control = RunControl()
         with current.lock:
+            current.number = int(msg.get("number", 0))
             current.control = control
         try:
             response = run_job(runtime, config, msg, fds, control)
@@ -165,7 +170,7 @@ def _execute(
     rid = msg.request_id
     stdio = {k: v for k, v in fds.items() if k in ("stdin", "stdout", "stderr")}
     try:
-        relay = StdioRelay(stdio, control)
+        relay = StdioRelay(stdio, control, direct=True)
     except OSError as e:
         return Error(request_id=rid, kind="internal", message=f"stdio: {e}")
     try:

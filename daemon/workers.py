@@ -25,6 +25,7 @@ import trio
 
 from .channel import (
     _ANC,
+    CANCEL,
     ChannelError,
     FrameSplitter,
     _ancillary,
@@ -120,6 +121,7 @@ class Zygote:
     async def spawn(self, identity: Identity, limits: WorkerLimits) -> Worker:
         """A new worker for ``identity``."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cancel_ours, cancel_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             async with self._lock:  # one spawn at a time: the zygote is serial
                 ident = next(self._ids)
@@ -133,20 +135,25 @@ class Zygote:
                         "max_fds": limits.max_fds,
                         "max_data": limits.max_data,
                     },
-                    [theirs.fileno()],
+                    [theirs.fileno(), cancel_theirs.fileno()],
                 )
                 theirs.close()
+                cancel_theirs.close()
                 msg, fds = await self.channel.receive()
         except ChannelError as e:
             ours.close()
+            cancel_ours.close()
             raise SpawnFailed(f"the zygote is gone ({e})") from None
         finally:
             theirs.close()
+            cancel_theirs.close()
         if msg["op"] != "spawned" or len(fds) != 1:
             close_fds(fds)
             ours.close()
+            cancel_ours.close()
             raise SpawnFailed(str(msg.get("message", "the zygote could not start a worker")))
-        return Worker(identity, int(msg["pid"]), fds[0], AsyncChannel(ours))
+        cancel_ours.setblocking(False)
+        return Worker(identity, int(msg["pid"]), fds[0], AsyncChannel(ours), cancel_ours)
 
     def close(self) -> None:
         self.channel.close()
@@ -178,6 +185,7 @@ class Worker:
     pid: int
     pidfd: int
     channel: AsyncChannel
+    cancels: socket.socket
     runs: int = 0
     last_used: float = 0.0
     alive: bool = True
@@ -199,6 +207,7 @@ class Worker:
         self.kill()
         self.alive = False
         self.channel.close()
+        self.cancels.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -219,8 +228,11 @@ class Worker:
         stop; ``kill_grace`` later the worker is killed and ``on_stop`` has
         told the caller why (``WorkerDied`` is then raised)."""
         self.runs += 1
+        number = self.runs
         try:
-            await self.channel.send({"op": "job", "request": request, "roles": roles}, fds)
+            await self.channel.send(
+                {"op": "job", "request": request, "roles": roles, "number": number}, fds
+            )
         except ChannelError as e:
             self.alive = False
             raise WorkerDied(str(e)) from None
@@ -231,9 +243,9 @@ class Worker:
                 with trio.move_on_after(timeout if timeout is not None else float("inf")):
                     await cancelled.wait()
                     reason = "cancelled"
-                try:
-                    await self.channel.send({"op": "cancel", "reason": reason})
-                except ChannelError:
+                try:  # 16 bytes into an empty socket buffer: never blocks
+                    self.cancels.send(CANCEL.pack(number, 1 if reason == "timeout" else 0))
+                except OSError:
                     pass
                 await trio.sleep(kill_grace)
                 on_stop(reason)

@@ -109,8 +109,8 @@ def _main(sock: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]) 
             msg, fds = channel.receive()
         except ChannelError:
             return  # the front is gone
-        if msg["op"] == "spawn" and len(fds) == 1:
-            _spawn(channel, msg, fds[0], runtime, config, code)
+        if msg["op"] == "spawn" and len(fds) == 2:
+            _spawn(channel, msg, fds, runtime, config, code)
         close_fds(fds)
 
 
@@ -127,7 +127,7 @@ def _reap() -> None:
 def _spawn(
     channel: SyncChannel,
     msg: dict[str, Any],
-    worker_fd: int,
+    worker_fds: list[int],
     runtime: Any,
     config: DaemonConfig,
     code: Any,
@@ -139,7 +139,7 @@ def _spawn(
         os.close(r)
         status = 1
         try:
-            _become_worker(channel, worker_fd, identity, msg, w, runtime, config, code)
+            _become_worker(channel, worker_fds, identity, msg, w, runtime, config, code)
             status = 0
         except BaseException:
             log.exception("worker for %s failed", identity.describe())
@@ -166,7 +166,7 @@ def _spawn(
 
 def _become_worker(
     zygote_channel: SyncChannel,
-    worker_fd: int,
+    worker_fds: list[int],
     identity: Identity,
     msg: dict[str, Any],
     report_fd: int,
@@ -194,6 +194,6 @@ def _become_worker(
         return
     os.close(report_fd)
     sys.stdin = None  # type: ignore[assignment]
-    channel = SyncChannel(socket.socket(fileno=worker_fd))
+    channel = SyncChannel(socket.socket(fileno=worker_fds[0]))
     code.channel = channel
-    worker.serve(channel, runtime, config, code)
+    worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config)
