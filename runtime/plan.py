@@ -408,12 +408,21 @@ class Planner:
         mem_bases: list[int] = []
         table_bases: list[int] = []
         tls_bases: list[int | None] = []
+        main_heap: tuple[int | None, int | None] = (None, None)
+        mem_min = 0
         if nonpie:
             main = images[0]
             stack_low = main.export_value("__stack_low", 0, 0) or 0
             stack_high = main.export_value("__stack_high", 0, 0) or 0
             mem_min = main.info.memories[0].minimum * PAGE if main.info.memories else 0
-            addr = main.export_value("__heap_base", 0, 0) or mem_min
+            main_heap = (
+                main.export_value("__heap_base", 0, 0),
+                main.export_value("__heap_end", 0, 0),
+            )
+            # Libraries go into memory grown above the main's initial pages:
+            # its data, stack and heap (__heap_base..__heap_end, which the C
+            # library's malloc takes as its first region) all lie below.
+            addr = max(mem_min, main_heap[0] or 0, main_heap[1] or 0, NULL_GUARD)
             tbase = main.info.tables[0].limits.minimum if main.info.tables else 1
         else:
             stack_low = NULL_GUARD
@@ -453,7 +462,7 @@ class Planner:
                     f"{image.path}: needs {dl.table_size} table slots (dylink.0 MEM_INFO), "
                     "which exceeds the table limit of 10000000"
                 )
-        heap_base = _align(addr, 4)
+        libraries_end = _align(addr, 4)
         limits = [
             imp.desc
             for im in images
@@ -463,7 +472,14 @@ class Planner:
         if nonpie:
             limits.extend(images[0].info.memories[:1])
         min_pages = max([lim.minimum for lim in limits] or [0])
-        pages = max(-(-heap_base // PAGE), min_pages, 1)
+        pages = max(-(-libraries_end // PAGE), min_pages, 1)
+        # The heap the layout symbols describe: after the libraries, to the
+        # end of the initial memory; a non-PIE main's own, if it has one, so
+        # that libraries (malloc in libc.so) see what the main sees.
+        heap_base, heap_end = libraries_end, pages * PAGE
+        if main_heap[0] is not None:
+            heap_base = main_heap[0]
+            heap_end = main_heap[1] if main_heap[1] is not None else max(heap_base, mem_min)
         maxes = [lim.maximum for lim in limits if lim.maximum is not None]
         max_pages = min([*maxes, opts.max_memory // PAGE])
         if pages > max_pages:
@@ -478,7 +494,7 @@ class Planner:
             "stack_low": stack_low,
             "stack_high": stack_high,
             "heap_base": heap_base,
-            "heap_end": pages * PAGE,
+            "heap_end": heap_end,
             "pages": pages,
             "max_pages": max_pages,
             "table_end": tbase,
