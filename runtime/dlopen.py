@@ -343,6 +343,12 @@ class DynamicLinker:
 
     def _data_address(self, owner: int, name: str) -> int:
         m = self.modules[owner]
+        vt = m.image.global_export_type(name)
+        if vt != "i32":
+            raise DlError(
+                f"{m.image.display}: symbol {name} is a {vt} global, not a data address",
+                errno.ENOEXEC,
+            )
         base = m.memory_base
         if m.image.dylink is not None and m.image.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
             base = m.tls_base or 0
@@ -764,6 +770,12 @@ class DynamicLinker:
                 missing.append(f"{m.image.display}: undefined symbol: {name} (data)")
             return 0
         om = self.modules[owner]
+        if om.image.global_export_type(name) != "i32":
+            raise DlError(
+                f"{m.image.display}: symbol {name} is imported as data but "
+                f"{om.image.display} exports a {om.image.global_export_type(name)} global",
+                errno.ENOEXEC,
+            )
         if om.instance is None:  # within the group: laid out already, value is static
             base = om.memory_base
             if om.image.dylink is not None and om.image.dylink.is_tls_export(name):

@@ -579,7 +579,10 @@ class InstanceSet:
             return None
         ext = get_export(self.store, self.instances[owner], symbol)
         if isinstance(ext, wasmtime.Global):
-            return (ext.value(self.store) + self.plan.modules[owner].memory_base) & 0xFFFFFFFF
+            value = ext.value(self.store)
+            if not isinstance(value, int):  # not a data address (a reference, a vector)
+                return None
+            return (value + self.plan.modules[owner].memory_base) & 0xFFFFFFFF
         return ext
 
     def call(

@@ -103,6 +103,15 @@ class ModuleImage:
                         ) from None
         return self._compiled[0]
 
+    def global_export_type(self, name: str) -> str | None:
+        """The value type of an exported global (``"i32"`` for a data
+        symbol), None if ``name`` is not an exported global."""
+        exp = self.info.exports.get(name)
+        if exp is None or exp.kind != KIND_GLOBAL:
+            return None
+        gt = self.info.global_type(exp.index)
+        return valtype_name(gt.valtype) if gt is not None else None
+
     def export_value(self, name: str, memory_base: int, table_base: int) -> int | None:
         """The address an exported data symbol (an i32 global) stands for.
 
@@ -174,6 +183,11 @@ def check_abi(info: ModuleInfo, dylink: DylinkInfo | None, path: str) -> None:
         actual = info.func_type(exp.index)
         if actual != expected:
             raise LoadError(f"{path}: {name} has type {actual}, expected {expected}")
+    sp = info.exports.get("__stack_pointer")
+    if sp is not None:  # a non-PIE main's, bound to every library's import
+        gt = info.global_type(sp.index) if sp.kind == KIND_GLOBAL else None
+        if gt is None or gt.valtype != _I32 or not gt.mutable:
+            raise LoadError(f"{path}: exports __stack_pointer but not as a mut i32 global")
     if dylink is None:
         return
     for imp in info.imports:

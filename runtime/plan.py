@@ -587,6 +587,13 @@ class _Resolver:
                 f"{KIND_NAMES[want]} but {self.images[owner].display} exports a "
                 f"{KIND_NAMES[exp.kind]}"
             )
+        if want == KIND_GLOBAL:
+            vt = self.images[owner].global_export_type(name)
+            if vt != "i32":
+                raise SymbolError(
+                    f"{importer.display}: symbol {name} is imported as data but "
+                    f"{self.images[owner].display} exports it as a {vt} global, not an address"
+                )
         return owner
 
     # -- per import kind ---------------------------------------------------

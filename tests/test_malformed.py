@@ -136,6 +136,11 @@ def test_start_with_the_wrong_signature_is_a_load_error(cli, corpus: Path, tmp_p
             '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory i64 0)))',
             "imports a 64-bit memory (env.memory)",
         ),
+        (
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (global (export "__stack_pointer") i32 (i32.const 0)))',
+            "exports __stack_pointer but not as a mut i32 global",
+        ),
     ],
 )
 def test_what_the_loader_relies_on_is_checked_at_load(tmp_path: Path, wat: str, message: str):
@@ -350,3 +355,32 @@ def test_an_instantiation_failure_shows_wasmtime_reason(tmp_path: Path):
     )
     assert "externref" in message
     assert "\n" not in message
+
+
+def test_a_data_symbol_that_is_not_an_i32_global_is_a_symbol_error(tmp_path: Path):
+    import wasmtime
+
+    (tmp_path / "libref.so").write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (global (export "thing") funcref (ref.null func)))'
+        )
+    )
+    user = tmp_path / "libuser.so"
+    user.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info) (needed "libref.so"))'
+            ' (import "env" "memory" (memory 0)) (import "GOT.mem" "thing" (global (mut i32))))'
+        )
+    )
+    rt = Runtime(library_path=[str(tmp_path)], environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.open_library(str(user))
+    assert str(exc.value) == (
+        "libuser.so: symbol thing is imported as data but libref.so exports it as a "
+        "funcref global, not an address"
+    )
+    with rt.open_library(str(tmp_path / "libref.so")) as lib:
+        assert lib.lookup("thing") is None
+        with pytest.raises(DlError, match="thing is a funcref global, not a data address"):
+            lib.dynamic.dlsym(0, "thing", None)
