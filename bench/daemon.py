@@ -3,18 +3,23 @@
 Starts a real ``wasmrund`` (fresh temporary cache, ``--preload libc.so``) and
 prints:
 
+0. the first request of a new uid: the zygote forks a worker for it;
 1. request latency: a warm hello-world ``run`` through the socket from one
    persistent client connection (the client's own wire encoder, with the
-   program and stdout descriptors passed as the real client does);
+   program and stdout descriptors passed as the real client does), and the
+   CPU time the daemon's processes (front, zygote, workers) spend on each;
 2. whole ``wasmrun`` processes (the installed console script): through the
    daemon against ``--no-daemon`` with a warm disk cache, next to the bare
    interpreter's start-up; optionally (``--regular-install``) also the
    console script of a regular, non-editable install in a scratch venv
    (an editable install adds an import hook to every interpreter start-up);
-3. throughput with 1, 4 and 16 concurrent clients (threads, one persistent
-   connection each) for a few seconds each: for hello world (the daemon's
-   own per-request cost) and for a compute-bound guest (5 million calls
-   from a program into a library: guests run in parallel on the workers).
+3. throughput with 1, 2, 4 and 16 concurrent clients (threads, one
+   persistent connection each) for a few seconds each, with one worker and
+   with one per core: for hello world (the daemon's own per-request cost)
+   and for a compute-bound guest (5 million calls from a program into a
+   library: guests run in parallel on the workers);
+4. memory: the PSS of the daemon with four workers against one process
+   that links and runs the same programs itself.
 
     python bench/daemon.py [--requests 500] [--processes 30] [--seconds 3]
                            [--regular-install]
@@ -50,8 +55,15 @@ from toolchain.corpus import build_corpus  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 
 
-def start_daemon(directory: Path, corpus: Path, concurrency: int) -> tuple[subprocess.Popen, float]:
+def start_daemon(
+    directory: Path, corpus: Path, concurrency: int, pythonpath: str | None = None
+) -> tuple[subprocess.Popen, float]:
     """wasmrund on a fresh cache; (process, seconds until READY=1)."""
+    for name in ("notify", "d.sock"):
+        try:
+            (directory / name).unlink()
+        except FileNotFoundError:
+            pass
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(directory / "notify"))
     notify.settimeout(120)
@@ -72,7 +84,11 @@ def start_daemon(directory: Path, corpus: Path, concurrency: int) -> tuple[subpr
             "--concurrency",
             str(concurrency),
         ],
-        env={**os.environ, "NOTIFY_SOCKET": str(directory / "notify")},
+        env={
+            **os.environ,
+            "NOTIFY_SOCKET": str(directory / "notify"),
+            **({"PYTHONPATH": pythonpath} if pythonpath else {}),
+        },
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=open(directory / "wasmrund.log", "wb"),  # noqa: SIM115 - the child's
@@ -144,11 +160,58 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-def latency(sock: Path, program: Path, requests: int) -> None:
+# -- the daemon's processes, from /proc --------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (front, zygote, workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of ``pids`` (those still alive)."""
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cold_worker(sock: Path, program: Path) -> None:
+    """The first request of a uid with no worker yet: the zygote forks one."""
+    client = Client(sock, program)
+    first = client.run()
+    second = client.run()
+    client.close()
+    print(f"0. first request of a new uid (cold worker): {ms(first)}; the next one {ms(second)}")
+
+
+def latency(sock: Path, program: Path, requests: int, daemon_pid: int) -> None:
     client = Client(sock, program)
     for _ in range(50):  # warm: plan cache, generated modules, thread pool
         client.run()
+    pids = descendants(daemon_pid)
+    cpu0 = cpu_seconds(pids)
     times = [client.run() for _ in range(requests)]
+    cpu = (cpu_seconds(pids) - cpu0) / requests
     splits: dict[str, list[float]] = {}
     for _ in range(50):
         client.run()
@@ -162,6 +225,7 @@ def latency(sock: Path, program: Path, requests: int) -> None:
     )
     inside = "  ".join(f"{k} {statistics.median(v) * 1e3:.2f}" for k, v in splits.items())
     print(f"   inside the runtime (ms, median): {inside}")
+    print(f"   daemon CPU per request (front, zygote and workers): {ms(cpu)}")
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -234,10 +298,11 @@ def _worker(
 
 def throughput(
     sock: Path, program: Path, args: tuple[str, ...], label: str, seconds: float
-) -> None:
+) -> dict[int, float]:
     print(f"   {label}, N clients with a connection each ({seconds:g} s per row)")
     print("   clients   requests/s   median latency   p90 latency")
-    for n in (1, 4, 16):
+    rates: dict[int, float] = {}
+    for n in (1, 2, 4, 16):
         clients = [Client(sock, program, args) for _ in range(n)]
         for c in clients:
             c.run()
@@ -257,10 +322,51 @@ def throughput(
         if failures:
             raise SystemExit(f"client failed: {failures[0]!r}")
         flat = [t for ts in times for t in ts]
+        rates[n] = len(flat) / wall
         print(
             f"   {n:7d}   {len(flat) / wall:10.0f}   {ms(statistics.median(flat))}"
             f"      {ms(percentile(flat, 0.9))}"
         )
+    return rates
+
+
+def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[int, list[int]]:
+    """Total PSS (KiB) of a daemon and its processes after four long runs
+    at once and a few hello worlds, from a fresh compiled-code cache."""
+    shutil.rmtree(scratch / "cache", ignore_errors=True)
+    proc, _ = start_daemon(scratch, corpus, 4, pythonpath)
+    try:
+        sock = scratch / "d.sock"
+        calls = corpus / "callloop.wasm"
+        clients = [Client(sock, calls, ("3000000",)) for _ in range(4)]
+        threads = [threading.Thread(target=c.run) for c in clients]
+        for t in threads:  # four long runs at once: four workers
+            t.start()
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        hello = Client(sock, corpus / "hello.wasm")
+        for _ in range(20):
+            hello.run()
+        hello.close()
+        pids = descendants(proc.pid)
+        return sum(pss_kib(p) for p in pids), [pss_kib(p) for p in pids]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def memory(scratch: Path, corpus: Path, baseline: str | None) -> None:
+    """PSS of the daemon with 4 workers; with ``baseline`` (a PYTHONPATH
+    holding an older wasmrun), against that daemon under the same load."""
+    total, each = _daemon_pss(scratch, corpus, None)
+    print(f"4. memory: PSS of front + zygote + {len(each) - 2} workers: {total / 1024:.1f} MiB")
+    print("   per process (MiB): " + ", ".join(f"{k / 1024:.1f}" for k in each))
+    if baseline:
+        old, _ = _daemon_pss(scratch, corpus, baseline)
+        print(f"   the daemon from {baseline} (one process, threads): {old / 1024:.1f} MiB")
+        print(f"   ratio: {total / old:.2f}x")
 
 
 def regular_install(scratch: Path) -> Path:
@@ -295,6 +401,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, help="daemon workers")
     ap.add_argument("--regular-install", action="store_true")
+    ap.add_argument(
+        "--baseline-pythonpath",
+        metavar="DIR",
+        help="a PYTHONPATH whose wasmrun is an earlier daemon, for the memory comparison",
+    )
     ns = ap.parse_args()
     corpus = build_corpus(ROOT / "tests" / "c" / "corpus.toml", ROOT / "build" / "corpus")
     program = corpus / "hello.wasm"
@@ -309,6 +420,10 @@ def main() -> int:
             extra["wasmrun run hello.wasm (daemon, regular install)"] = [
                 str(regular_install(scratch))
             ]
+        print(
+            f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+            f"{os.getloadavg()[2]:.2f} at start, {os.cpu_count()} cores"
+        )
         proc, ready = start_daemon(scratch, corpus, ns.concurrency)
         steps.append(proc.kill)
         print(
@@ -316,14 +431,29 @@ def main() -> int:
             f"concurrency {ns.concurrency}, {os.cpu_count()} cores"
         )
         sock = scratch / "d.sock"
-        latency(sock, program, ns.requests)
+        cold_worker(sock, program)
+        latency(sock, program, ns.requests, proc.pid)
         processes(sock, corpus, scratch / "cache", ns.processes, extra)
-        print("3. throughput")
-        throughput(sock, program, (), "hello world", ns.seconds)
-        calls = corpus / "callloop.wasm"
-        throughput(sock, calls, ("5000000",), "5 million calls into a library", ns.seconds)
         proc.terminate()
         proc.wait(30)
+        print("3. throughput: one worker, then one per core")
+        calls = corpus / "callloop.wasm"
+        rates: dict[tuple[int, str], dict[int, float]] = {}
+        for workers in (1, os.cpu_count() or 1):
+            proc, _ = start_daemon(scratch, corpus, workers)
+            steps.append(proc.kill)
+            print(f"  {workers} worker(s):")
+            rates[workers, "hello"] = throughput(sock, program, (), "hello world", ns.seconds)
+            rates[workers, "calls"] = throughput(
+                sock, calls, ("5000000",), "5 million calls into a library", ns.seconds
+            )
+            proc.terminate()
+            proc.wait(30)
+        cores = os.cpu_count() or 1
+        for what in ("hello", "calls"):
+            ratio = rates[cores, what][16] / rates[1, what][16]
+            print(f"   {what}, 16 clients: {cores} workers / 1 worker = {ratio:.2f}x")
+        memory(scratch, corpus, ns.baseline_pythonpath)
     finally:
         for step in steps:
             step()

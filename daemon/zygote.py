@@ -18,6 +18,7 @@ uses to kill the worker without any pid-reuse race) or ``spawn_failed``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -100,6 +101,11 @@ def _main(sock: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]) 
         channel.send({"op": "failed", "message": f"preload: {e}"})
         return
     channel.send({"op": "ready", "loaded": loaded})
+    # Everything built so far is shared with every worker: moved out of the
+    # collector's reach, its pages are not copied into each worker when a
+    # collection walks (and writes) their object headers.
+    gc.collect()
+    gc.freeze()
     while True:
         readable, _, _ = select.select([channel.fileno()], [], [], _REAP_INTERVAL)
         _reap()

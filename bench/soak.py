@@ -1,0 +1,368 @@
+"""Soak: a real wasmrund under a mix of good and bad clients for a while,
+then whether every answer was right and whether anything grew.
+
+    python bench/soak.py [--clients 8] [--seconds 120] [--idle 50]
+
+N client threads, each with its own connections, loop over a weighted mix:
+
+* ``hello``: hello world, output and status checked;
+* ``dlopen``: a program that dlopens, dlsyms and dlcloses plugins;
+* ``trap``: a guest trap (answer: trap, 134);
+* ``timeout``: an endless loop with a 100 ms timeout (answer: 124);
+* ``killed``: a client that starts a run and vanishes mid-run;
+* ``garbage``: random bytes instead of a frame (answer: protocol error);
+* ``slow``: 400 KiB of output into a pipe the client reads slowly.
+
+Beside them ``--idle`` connections stay open and silent all along. The
+script prints requests served, wrong answers and failures by kind, and the
+daemon's RSS, descriptors and threads (front, zygote, workers) after
+warm-up, in the middle and at the end. Not part of the test suite: it runs
+for minutes. The figures in docs/benchmarks.md came from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import collections
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wasmrun.client import wire  # noqa: E402
+
+from toolchain.corpus import build_corpus  # noqa: E402
+
+MIX = {"hello": 40, "dlopen": 15, "trap": 10, "timeout": 8, "killed": 7, "garbage": 10, "slow": 10}
+
+
+def start_daemon(directory: Path, corpus: Path) -> subprocess.Popen:
+    config = directory / "wasmrund.toml"
+    config.write_text(
+        "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\nqueue_per_uid = 1000\n"
+        "worker_max_requests = 500\n"
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(directory / "notify"))
+    notify.settimeout(120)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wasmrun.daemon", "--socket", str(directory / "d.sock")]
+        + ["--cache-dir", str(directory / "cache"), "-L", str(corpus), "--preload", "libc.so"]
+        + ["--config", str(config)],
+        env={**os.environ, "NOTIFY_SOCKET": str(directory / "notify")},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "wasmrund.log", "wb"),  # noqa: SIM115 - the child's
+    )
+    with notify:
+        while b"READY=1" not in notify.recv(4096):
+            pass
+    return proc
+
+
+# -- one request ----------------------------------------------------------------------
+
+
+class Conn:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.reader = wire.FrameReader()
+
+    def send(self, frame: bytes, fds: list[int]) -> None:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        self.sock.sendmsg([frame], anc if fds else [])
+
+    def reply(self) -> wire.Reply | None:
+        while (payload := self.reader.next_payload()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.reader.feed(data)
+        return wire.parse_reply(payload)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _run_frame(program: Path, args: list[str], timeout_ms: int | None, rid: int = 1) -> bytes:
+    return wire.run_request(
+        program=str(program),
+        args=[program.name, *args],
+        env=[],
+        cwd="/",
+        library_path=[],
+        preload=[],
+        bind_now=False,
+        memory_bytes=None,
+        timeout_ms=timeout_ms,
+        fd_roles=["stdout", "stderr", "program"],
+        request_id=rid,
+    )
+
+
+def run(
+    path: str,
+    program: Path,
+    args: list[str] = (),  # type: ignore[assignment]
+    timeout_ms: int | None = None,
+    slow: bool = False,
+) -> tuple[wire.Reply | None, bytes]:
+    """A run with stdout/stderr into a pipe; (reply, output)."""
+    conn = Conn(path)
+    r, w = os.pipe()
+    prog = os.open(program, os.O_RDONLY)
+    out = bytearray()
+
+    def drain() -> None:
+        while True:
+            data = os.read(r, 8192)
+            if not data:
+                return
+            out.extend(data)
+            if slow:
+                time.sleep(0.002)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        conn.send(_run_frame(program, list(args), timeout_ms), [w, w, prog])
+        os.close(w)
+        w = -1
+        reply = conn.reply()
+    finally:
+        if w >= 0:
+            os.close(w)
+        os.close(prog)
+        conn.close()
+        reader.join()
+        os.close(r)
+    return reply, bytes(out)
+
+
+# -- the mix -------------------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.served: collections.Counter[str] = collections.Counter()
+        self.wrong: collections.Counter[str] = collections.Counter()
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.examples: list[str] = []
+
+    def add(self, kind: str, problem: str | None, failure: str | None = None) -> None:
+        with self.lock:
+            self.served[kind] += 1
+            if failure is not None:
+                self.failures[f"{kind}: {failure}"] += 1
+            if problem is not None:
+                self.wrong[kind] += 1
+                if len(self.examples) < 10:
+                    self.examples.append(f"{kind}: {problem}")
+
+
+def scenario(
+    kind: str, path: str, corpus: Path, expected: dict[str, tuple[int, bytes]], rng: random.Random
+) -> tuple[str | None, str | None]:
+    """(problem or None, expected failure kind or None)."""
+    if kind in ("hello", "dlopen", "slow"):
+        program, args = {
+            "hello": ("hello.wasm", []),
+            "dlopen": ("dlmain.wasm", []),
+            "slow": ("loud.wasm", ["1000"]),
+        }[kind]
+        reply, out = run(path, corpus / program, args, slow=kind == "slow")
+        if reply is None or reply.type != "run_result":
+            return f"reply {reply and reply.fields}", None
+        if (reply.fields["exit_code"], out) != expected[kind]:
+            return f"exit {reply.fields['exit_code']}, {len(out)} bytes of output differ", None
+        return None, None
+    if kind == "trap":
+        reply, _ = run(path, corpus / "trap.wasm")
+        if reply is None or reply.fields.get("kind") != "trap":
+            return f"reply {reply and reply.fields}", None
+        return None, "trap"
+    if kind == "timeout":
+        reply, _ = run(path, corpus / "spin.wasm", timeout_ms=100)
+        if reply is None or reply.fields.get("kind") != "timeout":
+            return f"reply {reply and reply.fields}", None
+        return None, "timeout"
+    if kind == "killed":
+        conn = Conn(path)
+        prog = os.open(corpus / "spin.wasm", os.O_RDONLY)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            conn.send(_run_frame(corpus / "spin.wasm", [], None), [null, null, prog])
+            time.sleep(rng.uniform(0.0, 0.02))  # the client vanishes mid-run
+        finally:
+            os.close(prog)
+            os.close(null)
+            conn.close()
+        return None, "killed"
+    if kind == "garbage":
+        conn = Conn(path)
+        try:
+            conn.sock.sendall(rng.randbytes(rng.randint(1, 64)) + b"\xff" * 8)
+            conn.sock.shutdown(socket.SHUT_WR)
+            reply = conn.reply()
+        except OSError:
+            reply = None
+        finally:
+            conn.close()
+        if reply is not None and reply.fields.get("kind") not in ("protocol", None):
+            return f"reply {reply.fields}", None
+        return None, "protocol"
+    raise AssertionError(kind)
+
+
+# -- watching the daemon ---------------------------------------------------------------------
+
+
+def _status(pid: int) -> tuple[int, int, int]:
+    """(RSS KiB, descriptors, threads) of one process."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return (
+        int(fields["VmRSS"].split()[0]),
+        len(os.listdir(f"/proc/{pid}/fd")),
+        int(fields["Threads"]),
+    )
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def snapshot(front: int) -> dict[str, tuple[int, int, int]]:
+    out = {"front": _status(front)}
+    zygotes = _children(front)
+    if zygotes:
+        out["zygote"] = _status(zygotes[0])
+        workers = [w for w in _children(zygotes[0])]
+        total = [0, 0, 0]
+        for w in workers:
+            try:
+                for i, v in enumerate(_status(w)):
+                    total[i] += v
+            except (OSError, KeyError):
+                pass
+        out[f"workers ({len(workers)})"] = (total[0], total[1], total[2])
+    return out
+
+
+def show(label: str, snap: dict[str, tuple[int, int, int]]) -> None:
+    parts = [f"{k}: {v[0] / 1024:.1f} MiB, {v[1]} fds, {v[2]} threads" for k, v in snap.items()]
+    print(f"   {label:<7} " + "; ".join(parts))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--idle", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1)
+    ns = ap.parse_args()
+    corpus = build_corpus(ROOT / "tests" / "c" / "corpus.toml", ROOT / "build" / "corpus")
+    directory = Path(tempfile.mkdtemp(prefix="wrsoak-", dir="/tmp"))
+    proc = start_daemon(directory, corpus)
+    path = str(directory / "d.sock")
+    try:
+        expected: dict[str, tuple[int, bytes]] = {}
+        for kind, (program, args) in {
+            "hello": ("hello.wasm", []),
+            "dlopen": ("dlmain.wasm", []),
+            "slow": ("loud.wasm", ["1000"]),
+        }.items():
+            reply, out = run(path, corpus / program, args)
+            assert reply is not None and reply.type == "run_result", reply
+            expected[kind] = (reply.fields["exit_code"], out)
+        idle = [Conn(path) for _ in range(ns.idle)]
+        tally = Tally()
+        stop = threading.Event()
+        weights = list(MIX.items())
+
+        def client(i: int) -> None:
+            rng = random.Random(ns.seed * 1000 + i)
+            while not stop.is_set():
+                kind = rng.choices([k for k, _ in weights], [w for _, w in weights])[0]
+                try:
+                    problem, failure = scenario(kind, path, corpus, expected, rng)
+                except Exception as e:  # a dropped connection, a refused connect...
+                    problem, failure = f"{type(e).__name__}: {e}", None
+                tally.add(kind, problem, failure)
+
+        load = os.getloadavg()[0]
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(ns.clients)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(min(10.0, ns.seconds / 6))  # warm-up: workers spawned, caches filled
+        start = snapshot(proc.pid)
+        time.sleep(max(0.0, ns.seconds / 2 - (time.monotonic() - t0)))
+        middle = snapshot(proc.pid)
+        time.sleep(max(0.0, ns.seconds - (time.monotonic() - t0)))
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - t0
+        end = snapshot(proc.pid)
+        still_open = 0
+        for c in idle:
+            c.sock.setblocking(False)
+            try:
+                still_open += c.sock.recv(1) == b""
+            except BlockingIOError:
+                still_open += 1
+            c.close()
+        served = sum(tally.served.values())
+        print(
+            f"soak: {ns.clients} clients for {elapsed:.0f} s, {ns.idle} idle connections, "
+            f"load average {load:.2f} at start, {os.cpu_count()} cores"
+        )
+        print(f"   requests served: {served} ({served / elapsed:.0f}/s)")
+        for kind in MIX:
+            print(f"     {kind:<8} {tally.served[kind]}")
+        print(f"   wrong answers: {sum(tally.wrong.values())}")
+        for example in tally.examples:
+            print(f"     {example}")
+        print("   failures by kind (expected ones: the mix asks for them):")
+        for kind, n in sorted(tally.failures.items()):
+            print(f"     {kind:<20} {n}")
+        print(f"   idle connections still open at the end: {still_open} of {ns.idle}")
+        print("   daemon (RSS, descriptors, threads):")
+        show("start", start)
+        show("middle", middle)
+        show("end", end)
+        for name in ("front", "zygote"):
+            if name in middle and name in end:
+                rss = (end[name][0] - middle[name][0]) / middle[name][0] * 100
+                fds = (end[name][1] - middle[name][1]) / middle[name][1] * 100
+                print(f"   {name}: middle to end RSS {rss:+.1f}%, descriptors {fds:+.1f}%")
+        return 1 if tally.wrong else 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
