@@ -384,9 +384,11 @@ def _call_here(ns: Namespace) -> int:
 
 def _runtime(ns: Namespace) -> Runtime:
     from wasmrun.runtime import Runtime
+    from wasmrun.toolchain import sysroot_lib_dir  # the sysroot is searched last, like /usr/lib
 
     return Runtime(
         library_path=getattr(ns, "library_path", ()),
+        default_library_path=[d for d in [sysroot_lib_dir()] if d],
         disk_cache=ns.cache_dir if ns.cache_dir else True,
     )
 

@@ -16,21 +16,24 @@ def sysroot_lib_dir() -> str | None:
     """The directory holding the sysroot's ``libc.so``, or None if there is none.
 
     The runtime searches it last, after ``-L``, ``WASMRUN_LIBRARY_PATH`` and
-    RUNTIME_PATH, the way ld.so falls back to /usr/lib.  In order:
-    ``$WASMRUN_SYSROOT/lib``, the sysroot shipped in the wheel, the per-user
-    one that ``wasmrun-cc`` builds (``$XDG_CACHE_HOME/wasmrun/sysroot/lib``).
+    RUNTIME_PATH, the way ld.so falls back to /usr/lib.  ``$WASMRUN_SYSROOT``
+    decides alone when it is set (so setting it to a missing directory turns
+    the fallback off); otherwise the sysroot shipped in the wheel, then the
+    per-user one that ``wasmrun-cc`` builds (``$XDG_CACHE_HOME/wasmrun-sysroot``).
     Only existence is checked here (cheap); freshness is the driver's job.
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [
-        os.path.join(os.environ["WASMRUN_SYSROOT"], "lib")
-        if os.environ.get("WASMRUN_SYSROOT")
-        else "",
-        os.path.join(here, "sysroot", "lib"),
-        os.path.join(cache, "wasmrun", "sysroot", "lib"),
-    ]
+    env = os.environ.get("WASMRUN_SYSROOT")
+    if env:
+        candidates = [os.path.join(env, "lib")]
+    else:
+        here = os.path.dirname(os.path.abspath(__file__))
+        home_cache = os.path.join(os.path.expanduser("~"), ".cache")
+        cache = os.environ.get("XDG_CACHE_HOME") or home_cache
+        candidates = [
+            os.path.join(here, "sysroot", "lib"),
+            os.path.join(cache, "wasmrun-sysroot", "lib"),
+        ]
     for d in candidates:
-        if d and os.path.isfile(os.path.join(d, "libc.so")):
+        if os.path.isfile(os.path.join(d, "libc.so")):
             return d
     return None

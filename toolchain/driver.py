@@ -249,6 +249,8 @@ def parse_args(argv: Sequence[str], *, cxx: bool) -> Options:
             opts.cflags += [a, value(a)]
         elif a in _CLANG_EXACT or a.startswith(("-std=", "-Wp,", "-Wa,")):
             opts.cflags.append(a)
+            if a in ("-M", "-MM"):
+                opts.mode = "preprocess"  # as with gcc, -M and -MM imply -E
         elif a.startswith("-O"):
             opts.cflags.append(a)
         elif a.startswith("-g"):

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -148,9 +149,13 @@ def packaged_root() -> Path:
 
 
 def cache_root() -> Path:
-    """The per-user sysroot, built on demand (``$XDG_CACHE_HOME/wasmrun/sysroot``)."""
+    """The per-user sysroot, built on demand (``$XDG_CACHE_HOME/wasmrun-sysroot``).
+
+    Not inside ``~/.cache/wasmrun``: that directory is the module cache,
+    which ``wasmrun cache clear`` empties and whose size it budgets.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "wasmrun", "sysroot")
+    return Path(base, "wasmrun-sysroot")
 
 
 def _key(part: str) -> str:
@@ -387,3 +392,49 @@ def find_sysroot(*, cxx: bool = False) -> Sysroot:
     if _fresh(packaged, cxx):
         return Sysroot(packaged)
     return build_sysroot(cache_root(), cxx=cxx)
+
+
+def stage_for_wheel(source: Sysroot | None = None) -> Path:
+    """Copy the C part of a sysroot into ``toolchain/sysroot`` (package data).
+
+    Run before building a wheel, so ``pip install wasmrun`` brings libc.so.
+    libc++.so is left out (see docs/toolchain.md): it is 1.8 MB for the few
+    programs in C++, and wasmrun-c++ builds it on first use.
+    """
+    src = source or build_sysroot(cache_root())
+    dest = packaged_root()
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "lib").mkdir(parents=True)
+    for name in ("libc.so", "crt1.o"):
+        shutil.copyfile(src.lib / name, dest / "lib" / name)
+    shutil.copyfile(src.runtime_provided, dest / "runtime-provided.txt")
+    _write_json(dest / STAMP, {"c": _read_stamp(src.root)["c"]})
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m wasmrun.toolchain.sysroot build DIR [--c++] | stage``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m wasmrun.toolchain.sysroot")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or refresh) a sysroot in DIR")
+    b.add_argument("dir", type=Path)
+    b.add_argument("--c++", dest="cxx", action="store_true", help="also build libc++.so")
+    b.add_argument("--force", action="store_true", help="rebuild even if fresh")
+    sub.add_parser("stage", help="put the C sysroot into the package, for a wheel")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            print(build_sysroot(args.dir, cxx=args.cxx, force=args.force).root)
+        else:
+            print(stage_for_wheel())
+    except wasmcc.ToolchainError as exc:
+        print(f"sysroot: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
