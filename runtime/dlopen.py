@@ -739,7 +739,14 @@ class DynamicLinker:
         plan = self.iset.plan
         if name == "__stack_pointer":
             if plan.nonpie:
-                return self._export(plan.root, "__stack_pointer")
+                sp = self._export(plan.root, "__stack_pointer")
+                if sp is None:
+                    raise DlError(
+                        f"{m.image.display}: needs __stack_pointer, which the non-PIE main "
+                        "does not export",
+                        errno.ENOEXEC,
+                    )
+                return sp
             return self.iset.core_global(plan.global_index[("sp",)])
         if name == "__memory_base":
             return make(mutable, m.memory_base)

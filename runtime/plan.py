@@ -704,6 +704,11 @@ class _Resolver:
         L = self.L
         if name == "__stack_pointer":
             if self.nonpie:
+                if "__stack_pointer" not in self.images[0].info.exports:
+                    raise LoadError(
+                        f"{self.images[0].path}: non-PIE main does not export __stack_pointer "
+                        f"(needed by {image.display}; link it with --export=__stack_pointer)"
+                    )
                 return (B_EXPORT, (0, "__stack_pointer"))
             return (B_GLOBAL, self._global(("sp",), True, L["stack_high"]))
         if name == "__memory_base":

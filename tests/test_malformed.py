@@ -44,7 +44,7 @@ def assert_one_clean_line(stderr: str) -> str:
 
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("WASMRUN_FUZZ_EXAMPLES", "120")),
+    max_examples=int(os.environ.get("WASMRUN_FUZZ_EXAMPLES", "100")),
     deadline=None,
     # The same examples on every run, so CI stays deterministic; set
     # WASMRUN_FUZZ_RANDOM=1 (and a larger WASMRUN_FUZZ_EXAMPLES) to explore.
@@ -256,20 +256,24 @@ def _run_outcome(fn) -> None:
         assert e.reason == "timeout"
 
 
+@pytest.mark.parametrize(
+    ("program", "libraries"),
+    [("hello.wasm", ("libc.so",)), ("nopiemain.wasm", ("libdata.so", "libc.so"))],
+)
 def test_fuzz_a_program_through_decoding_planning_and_running(
-    corpus: Path, tmp_path: Path, fuzz_runtime
+    corpus: Path, tmp_path: Path, fuzz_runtime, program: str, libraries: tuple[str, ...]
 ):
-    work = _corpus_copy(corpus, tmp_path, "libc.so")
-    original = (corpus / "hello.wasm").read_bytes()
+    work = _corpus_copy(corpus, tmp_path, *libraries)
+    original = (corpus / program).read_bytes()
 
     @FUZZ
     @given(mutated(original))
     def check(data: bytes) -> None:
-        (work / "hello.wasm").write_bytes(data)
-        _plan_only(fuzz_runtime, work / "hello.wasm", work)
+        (work / program).write_bytes(data)
+        _plan_only(fuzz_runtime, work / program, work)
         _run_outcome(
             lambda: fuzz_runtime.run(
-                str(work / "hello.wasm"),
+                str(work / program),
                 stdout=os.devnull,
                 stderr=os.devnull,
                 library_path=[str(work)],

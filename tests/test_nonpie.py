@@ -31,3 +31,31 @@ def test_libraries_are_placed_above_the_main_initial_memory(runtime: Runtime, co
         pm.memory_base + (pm.image.dylink.mem_size if pm.image.dylink else 0)
         for pm in plan.modules[1:]
     )
+
+
+def test_a_non_pie_main_without_its_stack_pointer_is_a_load_error(tmp_path: Path):
+    import pytest
+    import wasmtime
+    from wasmrun.runtime import LoadError
+
+    (tmp_path / "libsp.so").write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+            ' (import "env" "__stack_pointer" (global (mut i32))))'
+        )
+    )
+    main = tmp_path / "main.wasm"
+    main.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info) (needed "libsp.so")) (memory (export "memory") 1)'
+            ' (table (export "__indirect_function_table") 1 funcref)'
+            ' (func (export "_start")))'
+        )
+    )
+    rt = Runtime(library_path=[str(tmp_path)], environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.run(str(main))
+    assert str(exc.value) == (
+        f"{main}: non-PIE main does not export __stack_pointer (needed by libsp.so; "
+        "link it with --export=__stack_pointer)"
+    )
