@@ -394,7 +394,7 @@ def find_sysroot(*, cxx: bool = False) -> Sysroot:
     return build_sysroot(cache_root(), cxx=cxx)
 
 
-def stage_for_wheel(source: Sysroot | None = None) -> Path:
+def stage_for_wheel(source: Sysroot | None = None, dest: Path | None = None) -> Path:
     """Copy the C part of a sysroot into ``toolchain/sysroot`` (package data).
 
     Run before building a wheel, so ``pip install wasmrun`` brings libc.so.
@@ -402,7 +402,7 @@ def stage_for_wheel(source: Sysroot | None = None) -> Path:
     programs in C++, and wasmrun-c++ builds it on first use.
     """
     src = source or build_sysroot(cache_root())
-    dest = packaged_root()
+    dest = dest or packaged_root()
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "lib").mkdir(parents=True)
