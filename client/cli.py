@@ -319,8 +319,10 @@ def _report(e: WasmrunError) -> int:
         print(e.render(), file=sys.stderr)
         return EXIT_TRAP
     if isinstance(e, GuestExit):  # the guest's own status, and what it cut short
+        if e.code & 0xFF == 0:
+            return 0  # a successful exit: nothing to report (as through wasmrund)
         _error(str(e))
-        return e.code
+        return e.code & 0xFF
     _error(str(e))
     if isinstance(e, LoadError):
         return EXIT_LOAD_ERROR

@@ -61,3 +61,8 @@ def test_cli_call_with_an_exiting_constructor(cli, corpus: Path):
 def test_cli_run_with_an_exiting_constructor(cli, corpus: Path):
     p = cli("run", "--no-daemon", "-L", str(corpus), str(corpus / "exitctormain.wasm"))
     assert (p.returncode, p.stdout, p.stderr) == (3, "exitctor ctor\n", "")
+
+
+def test_cli_call_exit_zero_is_a_quiet_success(cli, corpus: Path):
+    p = cli("call", "--no-daemon", "-L", str(corpus), "libquit.so", "quit_with", "0")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "quitting with 0\n", "")
