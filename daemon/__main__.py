@@ -186,12 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not where.endswith("(from systemd)"):
             owned.append((where, os.stat(where).st_ino))
         log.info(
-            "listening on %s (%d workers, pid %d, %s)",
-            where,
-            config.concurrency,
-            os.getpid(),
-            "workers take each client's identity" if changes else f"serving uid {own.uid} only",
+            "%s",
+            "workers take each client's identity"
+            if changes
+            else f"cannot change identity: serving uid {own.uid} only",
         )
+        log.info("listening on %s (concurrency %d, pid %d)", where, config.concurrency, os.getpid())
         scheduler: Scheduler = Scheduler(
             pool, lambda identity: handle.spawn(identity, worker_limits)
         )

@@ -58,7 +58,6 @@ from wasmrun.protocol import (
     StatsResult,
     decode_message,
     encode_message,
-    encode_payload,
     error_response,
 )
 
@@ -69,7 +68,7 @@ from .identity import Identity
 from .peer import Peer, peer_of
 from .scheduler import Busy, Scheduler
 from .systemd import listen_fds, notify
-from .workers import SpawnFailed, WorkerDied
+from .workers import SpawnFailed, Stop, WorkerDied
 
 log = logging.getLogger("wasmrund")
 
@@ -477,16 +476,16 @@ async def _refuse(sock: trio.socket.SocketType, err: Error) -> None:
 
 class _Inflight:
     """A request in flight: how to stop it, while it waits for a worker
-    (``scope``) or runs on one (``cancelled``)."""
+    (``scope``) or runs on one (``stop``)."""
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
-        self.cancelled = trio.Event()
+        self.stop = Stop()
         self.reason = "cancelled"
 
     def cancel(self, reason: str) -> None:
         self.reason = reason
-        self.cancelled.set()
+        self.stop.cancel(reason)
         self.scope.cancel()
 
 
@@ -680,20 +679,26 @@ class _ConnectionHandler:
             job = _Inflight()
             self.inflight[msg.request_id] = job
             roles = list(getattr(msg, "fd_roles", ()))
-            nursery.start_soon(self._request, msg, roles, fds, job)
+            payload = self.conn.last_payload  # the worker decodes it again
+            nursery.start_soon(self._request, msg, payload, roles, fds, job)
         else:  # the Connection only lets requests through; be explicit anyway
             raise ProtocolError(f"unexpected {msg.TYPE}")
 
     # -- one request ---------------------------------------------------------------
 
     async def _request(
-        self, msg: Run | Dlopen | Preload, roles: list[str], fds: list[int], job: _Inflight
+        self,
+        msg: Run | Dlopen | Preload,
+        payload: bytes,
+        roles: list[str],
+        fds: list[int],
+        job: _Inflight,
     ) -> None:
         server = self.server
         server.counters["daemon.requests"] += 1
         t0 = time.perf_counter()
         try:
-            response = await self._execute(msg, roles, fds, job)
+            response = await self._execute(msg, payload, roles, fds, job)
         except Exception as e:  # a bug here must not cost the answer
             log.exception("request %d failed", msg.request_id)
             response = error_for(e, msg.request_id)
@@ -724,7 +729,12 @@ class _ConnectionHandler:
             server.request_finished()
 
     async def _execute(
-        self, msg: Run | Dlopen | Preload, roles: list[str], fds: list[int], job: _Inflight
+        self,
+        msg: Run | Dlopen | Preload,
+        payload: bytes,
+        roles: list[str],
+        fds: list[int],
+        job: _Inflight,
     ) -> Response:
         server = self.server
         rid = msg.request_id
@@ -741,14 +751,15 @@ class _ConnectionHandler:
             return _stopped(rid, job.reason, timeout)
         stopped: list[str] = []
         server.counters["daemon.active"] += 1
+        if timeout is not None:
+            job.stop.scope.deadline = trio.current_time() + timeout
         try:
             raw = await worker.run(
-                encode_payload(msg),
+                payload,
                 roles,
                 fds,
                 server.store,
-                timeout,
-                job.cancelled,
+                job.stop,
                 server.config.kill_grace,
                 stopped.append,
             )

@@ -80,6 +80,24 @@ class AsyncChannel:
         self.sock.close()
 
 
+@attrs.define(eq=False)
+class Stop:
+    """How a running request is stopped from outside: ``cancel()`` (the
+    client's cancel, its going away, shutdown) or the scope's deadline
+    (the run's timeout)."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    reason: str | None = None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+    def why(self) -> str:
+        return self.reason or "timeout"
+
+
 class WorkerDied(Exception):
     """The worker ended before answering (killed, crashed, out of memory)."""
 
@@ -217,16 +235,16 @@ class Worker:
         request: bytes,
         roles: list[str],
         fds: list[int],
-        store: CodeStore,
-        timeout: float | None,
-        cancelled: trio.Event,
+        store: CodeStore | None,
+        stop: Stop,
         kill_grace: float,
         on_stop: Callable[[str], None],
     ) -> bytes:
         """Run one request; its encoded response. ``fds`` are sent, not
-        closed. A run that is cancelled or passes ``timeout`` is told to
-        stop; ``kill_grace`` later the worker is killed and ``on_stop`` has
-        told the caller why (``WorkerDied`` is then raised)."""
+        closed. When ``stop`` fires (its deadline, or cancel()) the worker
+        is told to stop the guest; ``kill_grace`` later, if it has not
+        answered, it is killed, ``on_stop`` is told why and WorkerDied is
+        raised."""
         self.runs += 1
         number = self.runs
         try:
@@ -236,38 +254,26 @@ class Worker:
         except ChannelError as e:
             self.alive = False
             raise WorkerDied(str(e)) from None
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                reason = "timeout"
-                with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                    await cancelled.wait()
-                    reason = "cancelled"
-                try:  # 16 bytes into an empty socket buffer: never blocks
-                    self.cancels.send(CANCEL.pack(number, 1 if reason == "timeout" else 0))
-                except OSError:
-                    pass
-                await trio.sleep(kill_grace)
-                on_stop(reason)
-                log.warning(
-                    "worker %d (%s) did not stop %.1f s after its run was %s: killed",
-                    self.pid,
-                    self.identity.describe(),
-                    kill_grace,
-                    "timed out" if reason == "timeout" else reason,
-                )
-                self.kill()
-
-            nursery.start_soon(watch)
-            try:
-                response: bytes | WorkerDied = await self._serve_until_done(store)
-            except WorkerDied as e:  # raised outside the nursery, not as a group
-                response = e
-            finally:
-                nursery.cancel_scope.cancel()
-        if isinstance(response, WorkerDied):
-            raise response
-        return response
+        with stop.scope:
+            return await self._serve_until_done(store)
+        reason = stop.why()
+        try:  # a few bytes into an empty socket buffer: never blocks
+            self.cancels.send(CANCEL.pack(number, 1 if reason == "timeout" else 0))
+        except OSError:
+            pass
+        with trio.move_on_after(kill_grace):
+            return await self._serve_until_done(store)
+        on_stop(reason)
+        log.warning(
+            "worker %d (%s) did not stop %.1f s after its run was %s: killed",
+            self.pid,
+            self.identity.describe(),
+            kill_grace,
+            "timed out" if reason == "timeout" else reason,
+        )
+        self.kill()
+        self.alive = False
+        raise WorkerDied("killed")
 
     async def _serve_until_done(self, store: CodeStore) -> bytes:
         while True:
@@ -278,8 +284,9 @@ class Worker:
                 raise WorkerDied(str(e)) from None
             close_fds(fds)
             op = msg["op"]
-            if op == "code":
-                await answer_code(self.channel, store, msg)
+            if op == "code" and store is not None:
+                with trio.CancelScope(shield=True):  # never half an answer
+                    await answer_code(self.channel, store, msg)
             elif op == "done" and isinstance(msg.get("response"), bytes):
                 return msg["response"]
             else:

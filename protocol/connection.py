@@ -89,6 +89,9 @@ class Connection:
         self._state = ConnectionState.OPEN
         self._error: ProtocolError | None = None
         self._inflight: set[int] = set()
+        self.last_payload = b""
+        """The frame body of the message ``next_message`` returned last (a
+        server can hand a request on without encoding it again)."""
         self._fds_pending = 0
         self._count_fds = descriptors  # a socket that carries SCM_RIGHTS
         if self.role is Role.SERVER:
@@ -162,6 +165,7 @@ class Connection:
                     self._state = ConnectionState.CLOSED
                 return None
             message = decode_message(payload)
+            self.last_payload = payload
             if self._receives.get(message.TYPE) is not type(message):
                 raise UnexpectedMessage(
                     f"unexpected message type for this side: a {self.role} cannot "

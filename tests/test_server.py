@@ -7,7 +7,6 @@ assumes how long anything takes.
 from __future__ import annotations
 
 import array
-import math
 import os
 import socket
 import tempfile
@@ -62,7 +61,7 @@ class FakeWorker:
         self.closed = True
         self.alive = False
 
-    async def run(self, request, roles, fds, store, timeout, cancelled, kill_grace, on_stop):
+    async def run(self, request, roles, fds, store, stop, kill_grace, on_stop):
         self.runs += 1
         msg = decode_message(request)
         program = msg.program
@@ -72,37 +71,19 @@ class FakeWorker:
             return encode_payload(RunResult(request_id=rid, exit_code=0))
         if program.startswith("gate:"):
             gate = self.gates.setdefault(program, trio.Event())
-            with trio.move_on_after(timeout if timeout is not None else math.inf) as timer:
-                async with trio.open_nursery() as n:
-
-                    async def opened() -> None:
-                        await gate.wait()
-                        n.cancel_scope.cancel()
-
-                    async def stopped() -> None:
-                        await cancelled.wait()
-                        n.cancel_scope.cancel()
-
-                    n.start_soon(opened)
-                    n.start_soon(stopped)
-            if timer.cancelled_caught:
-                return encode_payload(
-                    Error(
-                        request_id=rid, kind="timeout", message=f"run timed out after {timeout:g} s"
-                    )
-                )
-            if cancelled.is_set() and not gate.is_set():
-                return encode_payload(
-                    Error(request_id=rid, kind="cancelled", message="run cancelled")
-                )
-            return encode_payload(RunResult(request_id=rid, exit_code=7))
+            with stop.scope:  # a guest that stops at its next epoch check
+                await gate.wait()
+                return encode_payload(RunResult(request_id=rid, exit_code=7))
+            if stop.why() == "timeout":
+                timeout = msg.limits.timeout_ms / 1000
+                text = f"run timed out after {timeout:g} s"
+                return encode_payload(Error(request_id=rid, kind="timeout", message=text))
+            return encode_payload(Error(request_id=rid, kind="cancelled", message="run cancelled"))
         if program == "stuck":
-            reason = "timeout"
-            with trio.move_on_after(timeout if timeout is not None else math.inf):
-                await cancelled.wait()
-                reason = "cancelled"
+            with stop.scope:  # ignores the request to stop: killed after the grace
+                await trio.sleep_forever()
             await trio.sleep(kill_grace)
-            on_stop(reason)
+            on_stop(stop.why())
             self.alive = False
             raise WorkerDied("killed")
         if program == "die":
