@@ -66,9 +66,3 @@ def test_cli_run_with_an_exiting_constructor(cli, corpus: Path):
 def test_cli_call_exit_zero_is_a_quiet_success(cli, corpus: Path):
     p = cli("call", "--no-daemon", "-L", str(corpus), "libquit.so", "quit_with", "0")
     assert (p.returncode, p.stdout, p.stderr) == (0, "quitting with 0\n", "")
-
-
-def test_cli_call_with_the_wrong_number_of_arguments_is_one_line(cli, corpus: Path):
-    p = cli("call", "--no-daemon", "-L", str(corpus), "libquit.so", "quit_with")
-    assert (p.returncode, p.stdout) == (127, "")
-    assert p.stderr == "wasmrun: quit_with: takes 1 argument (i32) -> (i32), 0 given\n"
