@@ -170,6 +170,15 @@ def _spawn(
     os.close(pidfd)
 
 
+def _lower_limit(which: int, value: int) -> None:
+    """Set a limit, soft and hard, never above the hard limit we were given
+    (the daemon's own may be lower than the configured one)."""
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
 def _become_worker(
     zygote_channel: SyncChannel,
     worker_fds: list[int],
@@ -185,9 +194,9 @@ def _become_worker(
 
     zygote_channel.sock.close()
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (msg["max_fds"], msg["max_fds"]))
+        _lower_limit(resource.RLIMIT_NOFILE, msg["max_fds"])
         if msg.get("max_data"):
-            resource.setrlimit(resource.RLIMIT_DATA, (msg["max_data"], msg["max_data"]))
+            _lower_limit(resource.RLIMIT_DATA, msg["max_data"])
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         become(identity)
         # After the identity change: the kernel clears the parent-death

@@ -1,0 +1,137 @@
+"""wasmrund's worker processes from outside: limits they run under, what
+happens when one dies, and a daemon out of descriptors. Real daemons, any
+user (no identity change needed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_daemon import TIMEOUT, Daemon, start_daemon
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _workers(d: Daemon) -> list[int]:
+    """The daemon's workers: children of its zygote, itself the front's child."""
+    return [w for z in _children(d.proc.pid) for w in _children(z)]
+
+
+def _cli(d: Daemon, corpus: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+    return subprocess.run(
+        [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+        **kw,
+    )
+
+
+def _limits(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
+        out[line[:26].strip()] = line[26:].split()[0]
+    return out
+
+
+def test_workers_run_under_their_limits(corpus: Path) -> None:
+    config = "worker_memory = 734003200\nworker_max_fds = 300\n"
+    with start_daemon(config=config) as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        [worker] = _workers(d)
+        limits = _limits(worker)
+        assert limits["Max open files"] == "300"
+        assert limits["Max data size"] == str(734003200)
+        status = Path(f"/proc/{worker}/status").read_text()
+        assert "NoNewPrivs:\t1" in status
+
+
+def test_the_worker_memory_ceiling_holds_beyond_store_limits(corpus: Path) -> None:
+    """A run allowed 1 GiB of linear memory in a worker capped at 600 MiB
+    of data: its allocations fail once the cap is reached, the worker
+    survives, the daemon goes on."""
+    config = f"worker_memory = {600 << 20}\n[limits]\nmemory = {1 << 30}\nmax_memory = {1 << 30}\n"
+    with start_daemon(config=config) as d:
+        done = _cli(d, corpus, str(corpus / "grow.wasm"), "900")
+        assert done.returncode == 1, done
+        got = int(done.stdout.split()[1])
+        assert 0 < got < 600, done.stdout
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n")
+
+
+def test_a_worker_killed_from_outside_costs_only_its_request(corpus: Path) -> None:
+    """As the OOM killer would: the request gets one line and exit 70, the
+    daemon starts another worker for the next one."""
+    with start_daemon() as d:
+        env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+        sleeper = subprocess.Popen(
+            [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus)]
+            + [str(corpus / "sleepy.wasm")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert sleeper.stdout is not None
+        assert sleeper.stdout.readline() == "sleeping\n"
+        [worker] = _workers(d)
+        os.kill(worker, signal.SIGKILL)
+        _, err = sleeper.communicate(timeout=TIMEOUT)
+        assert sleeper.returncode == 70, err
+        assert err.count("\n") == 1 and "died unexpectedly" in err
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n")
+        assert _workers(d) and worker not in _workers(d)
+        assert d.proc.poll() is None
+
+
+def test_out_of_descriptors_the_daemon_goes_on(corpus: Path) -> None:
+    """Under a 64-descriptor limit, 100 idle connections exhaust the front:
+    accept backs off (logged at most once a second), and once they go,
+    the next client is served."""
+    config = "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\n"
+    with start_daemon(config=config, prefix=("prlimit", "--nofile=64:64")) as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        t0 = time.monotonic()
+        idle = []
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(d.socket))
+            idle.append(s)
+        deadline = time.monotonic() + TIMEOUT
+        while "Too many open files" not in d.log():  # the event itself, polled
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        for s in idle:
+            s.close()
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n"), hello.stderr
+        warnings = d.log().count("accept: Too many open files")
+        assert 1 <= warnings <= time.monotonic() - t0 + 1
+        assert d.proc.poll() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs /proc")
+def test_idle_workers_are_reaped(corpus: Path) -> None:
+    config = "worker_idle_timeout = 0.2\n"
+    with start_daemon(config=config) as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        deadline = time.monotonic() + TIMEOUT
+        while _workers(d):  # reaped by the daemon's own timer
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
