@@ -23,6 +23,7 @@ from wasmrun.runtime import (
     GuestTrap,
     RunControl,
     RunInterrupted,
+    RunLimits,
     Runtime,
     WasiOptions,
     instance,
@@ -128,6 +129,22 @@ def test_a_finished_run_is_freed_without_the_garbage_collector(
             runtime.run(str(corpus / "spin.wasm"), stdout=os.devnull, control=control)
         except RunInterrupted:
             pass
+        try:  # a loop that never ends: whenever the clock says, it is stopped
+            runtime.run(
+                str(corpus / "spin.wasm"), stdout=os.devnull, limits=RunLimits(timeout=0.01)
+            )
+        except RunInterrupted:
+            pass
+        quiet = WasiOptions(stdout=os.devnull)
+        with runtime.open_library(str(corpus / "libquit.so"), wasi=quiet) as lib:
+            try:
+                lib.call("quit_with", [4])
+            except GuestExit:
+                pass
+        lib = runtime.open_library(str(corpus / "libleft.so"), wasi=quiet)
+        lib.dynamic.dlclose(lib.dynamic.dlopen("libplugin.so", RTLD_NOW))
+        assert lib.call("left") == [10]
+        del lib  # not closed: dropping it is enough
 
     runs()  # compiled code may keep cache files mapped: once per module, not per run
     gc.collect()
