@@ -679,6 +679,15 @@ class DynamicLinker:
                     plt_fills.append((plt_table, k, ft, owner, name, image.display))
             try:
                 m.instance = wasmtime.Instance(store, image.module(), externs)
+            except wasmtime.Trap as e:
+                if image.info.start is not None:
+                    raise  # the start function's own trap: the guest's
+                from .instance import format_trap
+
+                raise DlError(  # no guest code ran: its segments did not fit
+                    f"{image.display}: cannot instantiate: {format_trap(e).message}",
+                    errno.ENOEXEC,
+                ) from None
             except wasmtime.WasmtimeError as e:
                 msg = wasmtime_message(str(e))
                 raise DlError(

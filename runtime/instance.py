@@ -455,7 +455,10 @@ class InstanceSet:
         except wasmtime.ExitTrap as e:  # the module's start function called exit()
             raise GuestExit(e.code, f"start function of {pm.image.display}") from None
         except wasmtime.Trap as e:
-            raise format_trap(e) from None
+            trap = format_trap(e)
+            if pm.image.info.start is None:  # no guest code ran: its segments did not fit
+                raise LoadError(f"{pm.image.display}: cannot instantiate: {trap.message}") from None
+            raise trap from None
         except wasmtime.WasmtimeError as e:
             msg = wasmtime_message(str(e))
             raise SymbolError(f"{pm.image.display}: cannot instantiate: {msg}") from None

@@ -388,3 +388,23 @@ def test_a_data_symbol_that_is_not_an_i32_global_is_a_symbol_error(tmp_path: Pat
         assert lib.lookup("thing") is None
         with pytest.raises(DlError, match="thing is a funcref global, not a data address"):
             lib.dynamic.dlsym(0, "thing", None)
+
+
+def test_a_data_segment_out_of_bounds_is_a_load_error_not_a_trap(corpus: Path, tmp_path: Path):
+    import wasmtime
+
+    lib = tmp_path / "libbig.so"
+    lib.write_bytes(
+        wasmtime.wat2wasm(
+            '(module (@dylink.0 (mem-info (memory 4 0))) (import "env" "memory" (memory 0))'
+            ' (import "env" "__memory_base" (global $mb i32))'
+            ' (data (offset (i32.add (global.get $mb) (i32.const 0x7ffffff0))) "overflow"))'
+        )
+    )
+    rt = Runtime(library_path=[str(tmp_path), str(corpus)], environ={}, disk_cache=False)
+    with pytest.raises(LoadError) as exc:
+        rt.open_library(str(lib))
+    assert str(exc.value) == "libbig.so: cannot instantiate: out of bounds memory access"
+    with rt.open_library(str(corpus / "libleft.so")) as host:
+        with pytest.raises(DlError, match="libbig.so: cannot instantiate: out of bounds memory"):
+            host.dynamic.dlopen(str(lib), RTLD_NOW)
