@@ -297,9 +297,21 @@ class InstanceSet:
                 f"{self.plan.root_module.image.display}: needs {self.plan.table_size} table "
                 f"slots at start, over the run's table limit of {tables} elements"
             )
+        # The memory limit holds for each memory: the run may create only the
+        # memories its plan has, or a plugin defining a memory of its own per
+        # dlopen could take the limit again each time. (Slack for safety.)
+        r = self.recipe
+        memories = (
+            (r.core_memory is not None)
+            + (bool(r.wasi) and r.shim_memory is not None)
+            + bool(r.stubs)
+            + sum(len(pm.image.info.memories) for pm in self.plan.modules)
+            + 2
+        )
         store.set_limits(
             memory_size=-1 if limits.memory_bytes is None else limits.memory_bytes,
             table_elements=tables,
+            memories=memories,
         )
         if fuel:
             store.set_fuel(limits.fuel if limits.fuel is not None else (1 << 63) - 1)

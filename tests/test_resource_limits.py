@@ -162,3 +162,21 @@ def test_dlopen_counts_against_the_library_limit(runtime: Runtime, corpus: Path)
         lib.dynamic.dlopen("libcallee.so", RTLD_NOW)
         with pytest.raises(DlError, match=r"too many libraries: .*limit \(max_libraries\) is"):
             lib.dynamic.dlopen("liblate.so", RTLD_NOW)
+
+
+def test_dlopened_libraries_cannot_add_memories(corpus: Path, tmp_path: Path):
+    """Each memory may take the whole memory limit: a plugin defining one of
+    its own, dlopen'ed again and again, would multiply it."""
+    for i in range(4):
+        (tmp_path / f"libmem{i}.so").write_bytes(
+            wasmtime.wat2wasm(
+                '(module (@dylink.0 (mem-info)) (import "env" "memory" (memory 0))'
+                ' (memory 1) (func (export "f")))'
+            )
+        )
+    rt = Runtime(library_path=[str(tmp_path), str(corpus)], environ={}, disk_cache=False)
+    with rt.open_library(str(corpus / "libleft.so")) as lib:
+        with pytest.raises(DlError, match="cannot instantiate: .*memor"):
+            for i in range(4):
+                lib.dynamic.dlopen(f"libmem{i}.so", RTLD_NOW)
+        assert lib.call("left") == [10]  # the run itself goes on
