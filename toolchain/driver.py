@@ -41,7 +41,13 @@ C_SUFFIXES = frozenset({".c", ".i"})
 CXX_SUFFIXES = frozenset({".cc", ".cpp", ".cxx", ".c++", ".C", ".cp", ".CPP", ".ii"})
 ASM_SUFFIXES = frozenset({".s", ".S"})
 # Libraries that live inside libc.so (glibc 2.34 style): -lm, -ldl... add nothing.
-IN_LIBC = frozenset({"c", "m", "dl", "pthread", "rt", "util", "xnet", "resolv", "crypt"})
+IN_LIBC = frozenset(
+    {
+        *("c", "m", "dl", "pthread", "rt", "util", "xnet", "resolv", "crypt"),
+        *("wasi-emulated-signal", "wasi-emulated-mman", "wasi-emulated-getpid"),
+        "wasi-emulated-process-clocks",
+    }
+)
 # Names for the C++ runtime, all provided by the sysroot's libc++.so.
 IN_LIBCXX = frozenset({"c++", "stdc++", "c++abi", "supc++", "unwind", "gcc_s"})
 # Linker-made or runtime-owned names never exported on behalf of libraries.
@@ -395,7 +401,7 @@ def _prog(cxx: bool) -> str:
 
 def _base_cflags(opts: Options, lang: str) -> list[str]:
     """Target, PIC and exception flags, then the user's own flags."""
-    from .sysroot import C_EH_FLAGS, CXX_EH_FLAGS
+    from .sysroot import C_EH_FLAGS, CXX_EH_FLAGS, EMULATION_DEFINES
 
     eh = CXX_EH_FLAGS if lang == "c++" else C_EH_FLAGS
     debug = [] if any(f.startswith("-g") for f in opts.cflags) else ["-g0"]
@@ -405,6 +411,7 @@ def _base_cflags(opts: Options, lang: str) -> list[str]:
         "-fvisibility=default",
         "-fno-sanitize=undefined",
         *eh,
+        *EMULATION_DEFINES,
         *debug,
         *opts.cflags,
     ]

@@ -138,6 +138,18 @@ def _zig_lib() -> Path:
     return Path(ziglang.__file__).resolve().parent / "lib"
 
 
+# zig's libc.a already contains wasi-libc's emulations of what WASI lacks
+# (signal/raise, mmap, getpid, clock/getrusage/times), so libc.so exports
+# them; the headers only declare them under these macros, which the driver
+# defines, so that software finds them as on any Unix.
+EMULATION_DEFINES = (
+    "-D_WASI_EMULATED_SIGNAL",
+    "-D_WASI_EMULATED_MMAN",
+    "-D_WASI_EMULATED_GETPID",
+    "-D_WASI_EMULATED_PROCESS_CLOCKS",
+)
+
+
 def _extra_c_sources() -> list[Path]:
     """Our own C files added to libc.so (part of the stamp key)."""
     return [HERE / "libdl" / "libdl.c", HERE / "libc_extra" / "eh_tags.c"]
