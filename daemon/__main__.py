@@ -87,6 +87,17 @@ def _raise_nofile_limit(log: logging.Logger) -> None:
             log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, e)
 
 
+def _hand_over(directory: str, uid: int, gid: int) -> None:
+    """The compiled-code cache becomes the front user's: created 0700 if
+    missing, and what is in it chowned (it may have been root's)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chown(directory, uid, gid)
+    os.chmod(directory, 0o700)
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            os.chown(entry.path, uid, gid)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -139,25 +150,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     # or the disk cache's key: it must be a clean, key-less copy.
     from . import zygote
 
-    zygote_pid, zygote_sock = zygote.start(config)
+    zygote_pid, zygote_sock, zygote_kills = zygote.start(config)
 
     import trio
     from wasmrun.runtime import Runtime
+    from wasmrun.runtime.diskcache import default_cache_dir
 
     from .codestore import CodeStore
+    from .identity import IdentityError, drop_front_privileges, front_identity
     from .scheduler import PoolLimits, Scheduler
     from .server import ListenError, Server, bind_socket
+    from .systemd import connect_notify
     from .workers import SpawnFailed, WorkerLimits, Zygote
 
+    environ = {k: v for k, v in os.environ.items() if k in ("XDG_CACHE_HOME", "HOME")}
+    cache = _cache_setting(config.cache_dir)
+    if cache is True:
+        cache = str(default_cache_dir(environ))
+    # Everything that needs the daemon's privileges happens now: the socket,
+    # the cache directory handed to the front's user. Then the front lets
+    # them go: from here on only the zygote may change identity or kill.
+    try:
+        listener, where = bind_socket(config)
+    except ListenError as e:
+        print(f"wasmrund: {e}", file=sys.stderr)
+        os._exit(1)
+    connect_notify()
+    try:
+        user = front_identity(config.user) if changes else None
+        if user is not None and cache:
+            _hand_over(cache, user.uid, user.gid)
+        drop_front_privileges(user if changes else None, changes)
+    except (IdentityError, OSError) as e:
+        print(f"wasmrund: cannot drop privileges: {e}", file=sys.stderr)
+        os._exit(1)
+
     front_runtime = Runtime(
-        environ={k: v for k, v in os.environ.items() if k in ("XDG_CACHE_HOME", "HOME")},
-        disk_cache=_cache_setting(config.cache_dir),
+        environ=environ,
+        disk_cache=cache,
         disk_cache_max_bytes=config.cache_max_bytes,
         memory_budget=config.memory_budget,
         fuel=config.fuel,
     )
     store = CodeStore(front_runtime.cache, config.memory_budget)
-    handle = Zygote(zygote_pid, zygote_sock)
+    handle = Zygote(zygote_pid, zygote_sock, zygote_kills)
     worker_limits = WorkerLimits(
         max_fds=config.worker_max_fds, max_data=config.effective_worker_memory
     )
@@ -169,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_requests=config.worker_max_requests,
     )
     owned: list[tuple[str, int]] = []
+    if not where.endswith("(from systemd)"):
+        owned.append((where, os.stat(where).st_ino))
 
     async def serve() -> int:
         try:
@@ -178,13 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if loaded:
             log.info("preloaded %d module(s)", len(loaded))
-        try:
-            listener, where = bind_socket(config)
-        except ListenError as e:
-            print(f"wasmrund: {e}", file=sys.stderr)
-            return 1
-        if not where.endswith("(from systemd)"):
-            owned.append((where, os.stat(where).st_ino))
         log.info(
             "%s",
             "workers take each client's identity"

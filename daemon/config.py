@@ -23,6 +23,9 @@
     max_connections_per_uid = 64              # ... and per uid
     idle_timeout = 60.0                       # close a connection idle this long
     frame_timeout = 10.0                      # seconds to finish a started frame
+    user = "wasmrund"                         # a root daemon's front runs as this
+                                              # user once the zygote is forked
+                                              # (default: uid 0, no capabilities)
     library_path = ["/usr/lib/wasm32-wasi"]   # searched after each request's own dirs
     preload = ["libc.so"]                     # compiled and cached at start
     fuel = false                              # allow fuel limits (slower code)
@@ -113,6 +116,7 @@ class DaemonConfig:
     max_connections_per_uid: int = 64
     idle_timeout: float = 60.0
     frame_timeout: float = 10.0
+    user: str | int | None = None  # the front's user once the zygote is forked
 
     @property
     def effective_workers_per_uid(self) -> int:
@@ -226,6 +230,23 @@ def _uids(where: str, value: Any) -> tuple[int, ...]:
     return tuple(uids)
 
 
+def _user(where: str, value: Any) -> str | int:
+    """A user name or uid that exists."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        try:
+            pwd.getpwuid(value)
+        except KeyError:
+            raise ConfigError(f"{where}: no such user {value}") from None
+        return value
+    if isinstance(value, str):
+        try:
+            pwd.getpwnam(value)
+        except KeyError:
+            raise ConfigError(f"{where}: no such user {value!r}") from None
+        return value
+    raise _fail(where, "a user name or uid", value)
+
+
 _TOP = {
     "socket": _string,
     "socket_mode": _mode,
@@ -249,6 +270,7 @@ _TOP = {
     "max_connections_per_uid": _positive_int,
     "idle_timeout": _positive_number,
     "frame_timeout": _positive_number,
+    "user": _user,
 }
 _LIMITS = {
     "timeout": _positive_number,

@@ -95,6 +95,40 @@ def set_parent_death_signal(signum: int) -> None:
     _libc().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
+class IdentityError(Exception):
+    """A configured user does not exist (one line)."""
+
+
+def front_identity(user: str | int | None) -> Identity | None:
+    """The identity the front takes once the zygote is forked (the
+    ``user`` setting), or None to keep its uid."""
+    if user is None:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        raise IdentityError(f"no such user {user!r}") from None
+    return Identity(pw.pw_uid, pw.pw_gid, (pw.pw_gid,))
+
+
+def drop_front_privileges(user: Identity | None, privileged: bool) -> None:
+    """The front's privileges go once the zygote holds them: with a
+    ``user``, the front becomes that user; otherwise it keeps its uid but no
+    capability. Either way, no_new_privs. An unprivileged daemon (a user's
+    own) has nothing to drop but sets no_new_privs too."""
+    if user is not None:
+        become(user)
+        return
+    libc = _libc()
+    if privileged:
+        _drop_capabilities(libc)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+
+
 def become(identity: Identity) -> None:
     """Take on ``identity`` for good (groups, gid, uid: in that order, since
     changing the uid first would forfeit the right to change the rest), with

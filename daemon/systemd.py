@@ -53,10 +53,36 @@ def notify_address(environ: MutableMapping[str, str] | None = None) -> str | Non
     return address
 
 
+_connected: socket.socket | None = None
+
+
+def connect_notify(environ: MutableMapping[str, str] | None = None) -> None:
+    """Connect to the service manager's socket now, while the daemon may
+    still reach it: a front that gave up root may not be allowed to send to
+    its path later, but a connected socket keeps working."""
+    global _connected
+    address = notify_address(environ)
+    if address is None or _connected is not None:
+        return
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(address)
+    except OSError:
+        s.close()
+        return
+    _connected = s
+
+
 def notify(state: str, environ: MutableMapping[str, str] | None = None) -> bool:
     """Send ``state`` (``"READY=1"``, ``"STOPPING=1"``, ``"STATUS=..."``) to
     the service manager; False when not run under one or the send failed
     (notification is best-effort: the daemon works without it)."""
+    if _connected is not None and environ is None:
+        try:
+            _connected.send(state.encode())
+        except OSError:
+            return False
+        return True
     address = notify_address(environ)
     if address is None:
         return False

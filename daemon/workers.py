@@ -6,8 +6,9 @@ requests for compiled code (:class:`~wasmrun.daemon.codestore.CodeStore`,
 in a thread) and watches two things: the client cancelling, and the run's
 timeout. Either sends the worker ``cancel`` (the guest stops at its next
 epoch check); a worker that has not answered ``kill_grace`` seconds later
-(a guest blocked in a host call: ``sleep``, a FIFO) is killed through its
-pidfd, and the request is answered as the timeout or cancellation it is.
+(a guest blocked in a host call: ``sleep``, a FIFO) is killed by the
+zygote, its parent, and the request is answered as the timeout or
+cancellation it is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +35,7 @@ from .channel import (
 )
 from .codestore import CodeStore, CompileFailed
 from .identity import Identity
+from .zygote import KILL
 
 log = logging.getLogger("wasmrund")
 
@@ -117,9 +118,11 @@ class WorkerLimits:
 class Zygote:
     """The front's handle on the zygote process."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, kills: socket.socket) -> None:
         self.pid = pid
         self.channel = AsyncChannel(sock)
+        self.kills = kills
+        kills.setblocking(False)
         self._ids = itertools.count(1)
         self._lock = trio.Lock()
 
@@ -165,16 +168,26 @@ class Zygote:
         finally:
             theirs.close()
             cancel_theirs.close()
-        if msg["op"] != "spawned" or len(fds) != 1:
-            close_fds(fds)
+        close_fds(fds)
+        if msg["op"] != "spawned":
             ours.close()
             cancel_ours.close()
             raise SpawnFailed(str(msg.get("message", "the zygote could not start a worker")))
         cancel_ours.setblocking(False)
-        return Worker(identity, int(msg["pid"]), fds[0], AsyncChannel(ours), cancel_ours)
+        return Worker(identity, int(msg["pid"]), self.kill, AsyncChannel(ours), cancel_ours)
+
+    def kill(self, pid: int) -> None:
+        """Have the zygote SIGKILL its child ``pid`` (a few bytes into an
+        idle socket: never blocks in practice; a full buffer drops it, and
+        the worker's channel is closed anyway)."""
+        try:
+            self.kills.send(KILL.pack(pid))
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.channel.close()
+        self.kills.close()
 
 
 async def answer_code(channel: AsyncChannel, store: CodeStore, msg: dict[str, Any]) -> None:
@@ -201,7 +214,7 @@ class Worker:
 
     identity: Identity
     pid: int
-    pidfd: int
+    killer: Callable[[int], None]
     channel: AsyncChannel
     cancels: socket.socket
     runs: int = 0
@@ -210,15 +223,12 @@ class Worker:
     killed: bool = False
 
     def kill(self) -> None:
-        """SIGKILL through the pidfd: never another process, whatever
-        happened to the pid."""
+        """SIGKILL, by the zygote (never another process, whatever happened
+        to the pid: the zygote has not reaped it)."""
         if self.killed:
             return
         self.killed = True
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except OSError:
-            pass
+        self.killer(self.pid)
 
     def close(self) -> None:
         """Kill (if still running) and release the descriptors."""
@@ -226,9 +236,6 @@ class Worker:
         self.alive = False
         self.channel.close()
         self.cancels.close()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
 
     async def run(
         self,

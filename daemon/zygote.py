@@ -10,10 +10,17 @@ front's sealed memfds). The zygote never compiles: wasmtime's compiler
 threads do not survive fork (see shared/DESIGN.md), and it never holds the
 disk cache's key, which the front creates only after forking it.
 
+It is the daemon's only privileged process (when the daemon can change
+identity): the front drops its own privileges once the zygote is forked,
+and asks the zygote to kill a worker that will not stop. The zygote never
+reads a byte a client sent.
+
 Channel messages: front -> zygote ``spawn`` (an identity, limits, and the
-worker's end of a new socketpair); zygote -> front ``code`` (preloads),
-``ready``/``failed`` once, ``spawned`` (pid and a pidfd, which the front
-uses to kill the worker without any pid-reuse race) or ``spawn_failed``.
+worker's ends of its job and cancel sockets); zygote -> front ``code``
+(preloads), ``ready``/``failed`` once, ``spawned`` (the pid) or
+``spawn_failed``. On a second socket the front sends kill requests: 4-byte
+pids. The zygote kills only its own children that it has not reaped yet,
+so a pid can never have been reused by another process.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import sys
 from typing import Any
 
@@ -37,22 +45,31 @@ log = logging.getLogger("wasmrund")
 _REAP_INTERVAL = 1.0  # seconds between reaping exited workers when idle
 
 
-def start(config: DaemonConfig, keep_fds: tuple[int, ...] = ()) -> tuple[int, socket.socket]:
-    """Fork the zygote; returns its pid and the front's end of its channel."""
+KILL = struct.Struct("<i")
+
+
+def start(
+    config: DaemonConfig, keep_fds: tuple[int, ...] = ()
+) -> tuple[int, socket.socket, socket.socket]:
+    """Fork the zygote; returns its pid, the front's end of its channel and
+    the front's end of its kill socket."""
     front, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    kill_front, kill_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:  # the zygote
         code = 1
         try:
             front.close()
-            _main(child, config, keep_fds)
+            kill_front.close()
+            _main(child, kill_child, config, keep_fds)
             code = 0
         except BaseException:
             log.exception("zygote failed")
         finally:
             os._exit(code)
     child.close()
-    return pid, front
+    kill_child.close()
+    return pid, front, kill_front
 
 
 def _close_inherited(keep: set[int]) -> None:
@@ -67,13 +84,15 @@ def _close_inherited(keep: set[int]) -> None:
                 pass
 
 
-def _main(sock: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]) -> None:
+def _main(
+    sock: socket.socket, kills: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]
+) -> None:
     os.setsid()  # the terminal's ^C is the front's to handle, not ours
     set_parent_death_signal(signal.SIGKILL)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _close_inherited({sock.fileno(), *keep_fds})
+    _close_inherited({sock.fileno(), kills.fileno(), *keep_fds})
     for name in list(os.environ):  # NOTIFY_SOCKET, LISTEN_*...: not ours
         if name not in ("PATH", "LANG", "LC_ALL", "TZ"):
             del os.environ[name]
@@ -106,21 +125,38 @@ def _main(sock: socket.socket, config: DaemonConfig, keep_fds: tuple[int, ...]) 
     # collection walks (and writes) their object headers.
     gc.collect()
     gc.freeze()
+    children: set[int] = set()
+    pending = b""
     while True:
-        readable, _, _ = select.select([channel.fileno()], [], [], _REAP_INTERVAL)
-        _reap()
-        if not readable:
+        readable, _, _ = select.select([channel.fileno(), kills], [], [], _REAP_INTERVAL)
+        if kills in readable:
+            data = kills.recv(4096)
+            if not data:
+                return  # the front is gone
+            pending += data
+            while len(pending) >= KILL.size:
+                (pid,) = KILL.unpack_from(pending)
+                pending = pending[KILL.size :]
+                if pid in children:  # ours and not reaped: never a reused pid
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        _reap(children)
+        if channel.fileno() not in readable:
             continue
         try:
             msg, fds = channel.receive()
         except ChannelError:
             return  # the front is gone
         if msg["op"] == "spawn" and len(fds) == 2:
-            _spawn(channel, msg, fds, runtime, config, code)
+            pid = _spawn(channel, msg, fds, runtime, config, code)
+            if pid:
+                children.add(pid)
         close_fds(fds)
 
 
-def _reap() -> None:
+def _reap(children: set[int]) -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -128,6 +164,7 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+        children.discard(pid)
 
 
 def _spawn(
@@ -137,7 +174,8 @@ def _spawn(
     runtime: Any,
     config: DaemonConfig,
     code: Any,
-) -> None:
+) -> int:
+    """Fork a worker; its pid, or 0 if it could not be set up."""
     identity = Identity(int(msg["uid"]), int(msg["gid"]), tuple(int(g) for g in msg["groups"]))
     r, w = os.pipe2(os.O_CLOEXEC)  # the child reports its set-up here
     pid = os.fork()
@@ -153,21 +191,14 @@ def _spawn(
             os._exit(status)
     os.close(w)
     try:
-        pidfd = os.pidfd_open(pid)  # before any reaping: the pid is still ours
-    except OSError as e:
-        os.close(r)
-        channel.send({"op": "spawn_failed", "id": msg["id"], "message": f"pidfd: {e}"})
-        return
-    try:
         report = os.read(r, 4096).decode("utf-8", "replace")  # "" once set up
     finally:
         os.close(r)
     if report:
         channel.send({"op": "spawn_failed", "id": msg["id"], "message": report})
-        os.close(pidfd)
-        return
-    channel.send({"op": "spawned", "id": msg["id"], "pid": pid}, [pidfd])
-    os.close(pidfd)
+        return pid
+    channel.send({"op": "spawned", "id": msg["id"], "pid": pid})
+    return pid
 
 
 def _lower_limit(which: int, value: int) -> None:

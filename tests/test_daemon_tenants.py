@@ -597,3 +597,73 @@ def test_a_daemon_that_cannot_change_identity_serves_its_own_uid_only(
             assert d.proc.wait(TIMEOUT) == 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+def test_only_the_zygote_keeps_privileges(world: World) -> None:
+    """The front reads every client's bytes: once the zygote is forked it
+    holds no capability (it asks the zygote to kill a worker)."""
+    front = _status_fields(world.daemon.proc.pid)
+    assert int(front["CapEff"], 16) == 0 and int(front["CapPrm"], 16) == 0
+    assert front["NoNewPrivs"] == "1"
+    [zygote] = [
+        int(p)
+        for p in Path(f"/proc/{world.daemon.proc.pid}/task/{world.daemon.proc.pid}/children")
+        .read_text()
+        .split()
+    ]
+    caps = int(_status_fields(zygote)["CapEff"], 16)
+    assert caps & (1 << 6) and caps & (1 << 7)  # CAP_SETGID, CAP_SETUID
+
+
+@pytest.fixture
+def front_user() -> Iterator[Tenant]:
+    user = _make_user("d")
+    try:
+        yield user
+    finally:
+        subprocess.run(["userdel", user.name], capture_output=True)
+
+
+def test_the_front_can_run_as_its_own_user(world: World, front_user: Tenant) -> None:
+    """``user = ...``: the front becomes that user; the cache is handed to
+    it, and tenants are served as before, a stuck guest killed as before."""
+    a = world.tenants[0]
+    config = f'socket_mode = "0666"\nallowed_uids = [{a.uid}]\nuser = "{front_user.name}"\n'
+    with start_daemon(config=config, sock=world.root / "d2.sock") as d:
+        front = _status_fields(d.proc.pid)
+        assert front["Uid"].split() == [str(front_user.uid)] * 4
+        assert int(front["CapEff"], 16) == 0
+        cache = d.dir / "cache"
+        assert os.stat(cache).st_uid == front_user.uid
+        env = {**world.env(), "WASMRUN_SOCKET": str(d.socket)}
+        hello = subprocess.run(
+            [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", "run", str(world.pub / "hello.wasm")],
+            user=a.uid,
+            group=a.gid,
+            extra_groups=[],
+            env=env,
+            cwd=world.root,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert hello.returncode == 0 and "hello" in hello.stdout, hello.stderr
+        assert os.stat(cache / "key").st_uid == front_user.uid
+        stuck = subprocess.run(
+            [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", "run", "--timeout", "1"]
+            + [str(world.pub / "sleepy.wasm")],
+            user=a.uid,
+            group=a.gid,
+            extra_groups=[],
+            env=env,
+            cwd=world.root,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert stuck.returncode == 124, stuck.stderr
