@@ -87,6 +87,9 @@ class BinaryFormatError(LoadError):
         self.what = what
         super().__init__(f"{file}: {what} (at byte offset {offset:#x})")
 
+    def __reduce__(self):  # picklable (a daemon's worker sends errors over a pipe)
+        return (BinaryFormatError, (self.file, self.offset, self.what))
+
 
 class SymbolError(LoadError):
     """A symbol could not be resolved or has an incompatible type."""
@@ -103,6 +106,9 @@ class GuestTrap(WasmrunError):
         self.message = one_line(message)
         self.backtrace = [one_line(frame) for frame in backtrace]
         super().__init__(message)
+
+    def __reduce__(self):
+        return (GuestTrap, (self.message, self.backtrace))
 
     def render(self) -> str:
         """The trap and its backtrace as printed by the CLI."""
@@ -130,7 +136,7 @@ class GuestExit(WasmrunError):
         self.during = during
         super().__init__(f"exit({code}) called during {during}")
 
-    def __reduce__(self):  # picklable despite the two-argument constructor
+    def __reduce__(self):
         return (GuestExit, (self.code, self.during))
 
 
@@ -141,3 +147,6 @@ class RunInterrupted(WasmrunError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+    def __reduce__(self):
+        return (RunInterrupted, (self.reason, str(self)))

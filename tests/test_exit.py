@@ -66,3 +66,19 @@ def test_cli_run_with_an_exiting_constructor(cli, corpus: Path):
 def test_cli_call_exit_zero_is_a_quiet_success(cli, corpus: Path):
     p = cli("call", "--no-daemon", "-L", str(corpus), "libquit.so", "quit_with", "0")
     assert (p.returncode, p.stdout, p.stderr) == (0, "quitting with 0\n", "")
+
+
+def test_errors_survive_pickling():
+    """A daemon's worker may send them to another process."""
+    import pickle
+
+    from wasmrun.runtime import BinaryFormatError, GuestTrap, RunInterrupted
+
+    for err in (
+        GuestExit(3, "constructor of libfoo.so"),
+        GuestTrap("unreachable", ["a!f (offset 0x1)"]),
+        RunInterrupted("timeout", "run timed out after 1 s"),
+        BinaryFormatError("x.wasm", 16, "bad section"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert (type(back), str(back), vars(back)) == (type(err), str(err), vars(err))
