@@ -105,6 +105,8 @@ class ModuleCache:
             raise LoadError(f"{path}: is a directory") from None
         except OSError as e:
             raise LoadError(f"{path}: cannot open file: {e.strerror}") from None
+        except ValueError:  # a NUL in the name: no such file can exist
+            raise LoadError(f"{path}: cannot open file: invalid file name") from None
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             image = self._entries.get(digest)

@@ -180,7 +180,7 @@ def _file_key(path: str) -> tuple[int, int] | str:
     try:
         st = os.stat(path)
         return (st.st_dev, st.st_ino)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return os.path.abspath(path)
 
 

@@ -408,3 +408,9 @@ def test_a_data_segment_out_of_bounds_is_a_load_error_not_a_trap(corpus: Path, t
     with rt.open_library(str(corpus / "libleft.so")) as host:
         with pytest.raises(DlError, match="libbig.so: cannot instantiate: out of bounds memory"):
             host.dynamic.dlopen(str(lib), RTLD_NOW)
+
+
+def test_a_file_name_with_a_nul_is_a_load_error():
+    rt = Runtime(environ={}, disk_cache=False)
+    with pytest.raises(LoadError, match=r"^a\\x00b.wasm: cannot open file: invalid file name$"):
+        rt.run("a\0b.wasm")
