@@ -117,3 +117,16 @@ def test_notify_abstract_namespace():
         s.bind("\0" + name)
         assert notify("STATUS=x", {"NOTIFY_SOCKET": "@" + name})
         assert s.recv(64) == b"STATUS=x"
+
+
+def test_the_shipped_system_configuration_is_valid(tmp_path: Path) -> None:
+    """systemd/system/wasmrund.toml parses (its user and group must exist
+    on the host it is installed on: root's stand in for them here)."""
+    shipped = Path(__file__).resolve().parent.parent / "systemd" / "system" / "wasmrund.toml"
+    text = shipped.read_text()
+    text = text.replace('user = "wasmrund"', 'user = "root"')
+    text = text.replace('socket_group = "wasmrun"', 'socket_group = "root"')
+    (tmp_path / "c.toml").write_text(text)
+    config = load_config(tmp_path / "c.toml")
+    assert config.user == "root" and config.socket_group == "root"
+    assert config.preload == ("libc.so",) and config.workers_per_uid == 2
