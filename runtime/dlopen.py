@@ -448,39 +448,70 @@ class DynamicLinker:
         return order
 
     def _load_group(self, path: str, name: str, flags: int) -> int:
-        # 1. The closure of not-yet-loaded modules, breadth first.
+        first = len(self.modules)
         new: list[int] = []
-        root = self._add_module(path, name, new)
-        i = 0
-        while i < len(new):
-            m = self.modules[new[i]]
-            rpath = m.image.dylink.runtime_path if m.image.dylink else ()
-            for dep in m.image.needed:
-                found = self.search.find(dep, m.image.path, rpath)
-                if found is None:
-                    raise DlError(
-                        f"{dep}: cannot open shared object file: No such file or directory "
-                        f"(needed by {m.image.display})"
-                    )
-                j = self._add_module(found, dep, new)
-                if j not in m.needed:
-                    m.needed.append(j)
-            i += 1
         try:
+            # 1. The closure of not-yet-loaded modules, breadth first.
+            root = self._add_module(path, name, new)
+            i = 0
+            while i < len(new):
+                m = self.modules[new[i]]
+                rpath = m.image.dylink.runtime_path if m.image.dylink else ()
+                for dep in m.image.needed:
+                    j = self._loaded_by_name(dep)
+                    if j is None:
+                        found = self.search.find(dep, m.image.path, rpath)
+                        if found is None:
+                            raise DlError(
+                                f"{dep}: cannot open shared object file: No such file or "
+                                f"directory (needed by {m.image.display})"
+                            )
+                        j = self._add_module(found, dep, new)
+                    if j not in m.needed:
+                        m.needed.append(j)
+                i += 1
+            # 2. Memory and table, instances, relocations, constructors.
             self._layout(new)
             order = self._dfs_order(root, set(new))
             local = self._local_scope(root)
             self._instantiate_group(order, local, flags)
         except BaseException:
-            for mi in new:  # a failed load leaves nothing visible behind
-                self.modules[mi].closed = True
-                key = self._file_key(self.modules[mi].image.path)
-                if key is not None and self.by_file.get(key) == mi:
-                    del self.by_file[key]
-                if self.modules[mi].region is not None:
-                    self.free_regions.append(self.modules[mi].region)  # type: ignore[arg-type]
+            self._forget(first, new)
             raise
         return root
+
+    def _loaded_by_name(self, dep: str) -> int | None:
+        """A NEEDED name that a loaded library already answers to: reused
+        without a search, as at load time (see :class:`~.plan.Loader`) and
+        as ld.so does, so a library without RUNTIME_PATH finds a sibling the
+        program loaded through its own."""
+        if "/" in dep:
+            return None
+        for i, m in enumerate(self.modules):
+            if not m.closed and os.path.basename(m.image.name) == dep:
+                return i
+        return None
+
+    def _forget(self, first: int, new: list[int]) -> None:
+        """A failed load leaves nothing visible behind. If nothing of it was
+        instantiated, its entries go entirely (so failed attempts do not use
+        up ``max_libraries``); otherwise they stay, closed, since their
+        instances live in the Store until the run ends."""
+        for mi in new:
+            m = self.modules[mi]
+            m.closed = True
+            key = self._file_key(m.image.path)
+            if key is not None and self.by_file.get(key) == mi:
+                del self.by_file[key]
+            if m.region is not None:
+                self.free_regions.append(m.region)
+                m.region = None
+        if all(self.modules[mi].instance is None for mi in new):
+            del self.modules[first:]
+            for key in [k for k in self.canonical if k[0] >= first]:
+                del self.canonical[key]
+            for m in self.modules:
+                m.needed = [j for j in m.needed if j < first]
 
     def _add_module(self, path: str, name: str, new: list[int]) -> int:
         key = self._file_key(path)

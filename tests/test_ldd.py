@@ -55,3 +55,22 @@ def test_ldd_lists_the_files_a_run_loads(runtime: Runtime, corpus: Path, program
     plan = runtime.plan(path)
     loaded = {os.path.realpath(pm.image.path) for pm in plan.modules[1:]}
     assert shown == loaded
+
+
+def test_dlopen_reuses_a_library_the_program_loaded_by_name(run):
+    """The same rule in the run-time loader: a dlopen'ed library without
+    RUNTIME_PATH finds the copy the program loaded through its own."""
+    r = run("ldddl.wasm")
+    assert (r.code, r.out) == (0, "ldda_value=42 lddb_value=41\n"), r.err
+
+
+def test_a_failed_dlopen_leaves_nothing_behind(runtime: Runtime, corpus: Path):
+    from wasmrun.runtime.dlopen import RTLD_NOW, DlError
+
+    with runtime.open_library(str(corpus / "libleft.so")) as lib:
+        loaded = len(lib.dynamic.modules)
+        for _ in range(2):  # the second attempt fails the same way: no half-loaded library
+            with pytest.raises(DlError, match="liblddb.so: cannot open shared object file"):
+                lib.dynamic.dlopen("lddlib/libldda.so", RTLD_NOW)
+        assert len(lib.dynamic.modules) == loaded  # nothing counts against max_libraries
+        assert lib.call("left") == [10]
