@@ -66,3 +66,11 @@ def test_cxx_program_records_where_libcxx_is(cxx_build, cxx_sysroot):
     summary = read_module((cxx_build / "cxxmain").read_bytes())
     assert summary.needed == ["libcatcher.so", "libthrower.so", "libc++.so", "libc.so"]
     assert str(cxx_sysroot.lib) in summary.runtime_path
+
+
+def test_exceptions_in_dlopened_cxx_libraries(cxx_build, tmp_path):
+    """A C program dlopens libcatcher.so, which catches what libthrower.so throws."""
+    cc("-O2", "-o", "dlcxx", SRC / "dlcxx.c", cwd=cxx_build)
+    rt = Runtime(environ={}, disk_cache=TEST_CACHE_DIR)
+    r = run_program(rt, cxx_build / "dlcxx", library_path=[cxx_build])
+    assert (r.code, r.out) == (0, "caught in a dlopened library: 5\n")

@@ -171,3 +171,10 @@ def test_stale_sysroot_is_rebuilt_identically(c_sysroot, tmp_path):
     assert again.libc.stat().st_ino != before  # rebuilt, not trusted
     assert sysroot.wasmcc.sha256_file(again.libc) == digest
     assert sysroot._fresh(root, cxx=False)
+
+
+def test_no_pie_program_with_a_library(rt, tmp_path):
+    cc("-O2", "-shared", "-o", "libappver.so", SRC / "appver.c", cwd=tmp_path)
+    cc("-O2", "-no-pie", "-o", "appmain", SRC / "appmain.c", "-L.", "-lappver", cwd=tmp_path)
+    r = run_program(rt, tmp_path / "appmain", library_path=[tmp_path])
+    assert (r.code, r.out) == (0, "libappver.so sees version 304 of appmain\n")
