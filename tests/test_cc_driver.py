@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_missing_library_gives_ldso_error(c_sysroot, tmp_path):
     cc("-O2", "-o", "appmain", SRC / "appmain.c", "-L.", "-lappver", cwd=tmp_path)
     (tmp_path / "libappver.so").unlink()
     p = subprocess.run(
-        [str(Path(driver.sys.executable).parent / "wasmrun"), "run", "--no-daemon", "appmain"],
+        [str(Path(sys.executable).parent / "wasmrun"), "run", "--no-daemon", "appmain"],
         cwd=tmp_path,
         env=driver_env(),
         capture_output=True,
@@ -145,7 +146,7 @@ def test_gcc_style_steps_and_configure_probes(rt, tmp_path):
 def test_make_builds_an_ordinary_makefile_project(rt, tmp_path):
     proj = tmp_path / "proj"
     shutil.copytree(SRC / "makeproj", proj)
-    bin_dir = Path(driver.sys.executable).parent
+    bin_dir = Path(sys.executable).parent
     p = subprocess.run(
         ["make", f"CC={bin_dir / 'wasmrun-cc'}", f"AR={bin_dir / 'wasmrun-ar'}"],
         cwd=proj,
