@@ -53,7 +53,7 @@ from pathlib import Path
 if __package__:
     from . import wasmcc
 else:  # run as a script: python toolchain/corpus.py
-    import wasmcc
+    import wasmcc  # type: ignore[import-not-found,no-redef]
 
 __all__ = ["CorpusError", "Target", "build_corpus", "load_manifest", "main"]
 

@@ -596,8 +596,8 @@ def run(argv: Sequence[str], *, cxx: bool) -> int:
         status = 0
         for inp in sources:
             lang = inp.kind if inp.kind in ("c", "c++") else ("c++" if cxx else "c")
-            out = ["-o", opts.output] if opts.output else []
-            status |= _clang(lang, [*_base_cflags(opts, lang), "-E", inp.value, *out], opts)
+            dest = ["-o", opts.output] if opts.output else []
+            status |= _clang(lang, [*_base_cflags(opts, lang), "-E", inp.value, *dest], opts)
         return status
     if opts.mode in ("compile", "assembly"):
         flag, suffix = ("-c", ".o") if opts.mode == "compile" else ("-S", ".s")

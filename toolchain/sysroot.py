@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -133,9 +134,10 @@ _LIBCXX_FLAGS = (
 
 def _zig_lib() -> Path:
     """zig's bundled sources (libc, libcxx, libcxxabi, libunwind)."""
-    import ziglang  # noqa: PLC0415 - optional dependency, only needed to build
-
-    return Path(ziglang.__file__).resolve().parent / "lib"
+    wasmcc._check_zig_installed()  # an optional dependency: only needed to build
+    spec = importlib.util.find_spec("ziglang")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).resolve().parent / "lib"
 
 
 # zig's libc.a already contains wasi-libc's emulations of what WASI lacks
@@ -247,7 +249,7 @@ def _cc(args: Sequence[str], what: str, cxx: bool = False) -> None:
 
 def _exports_of(path: Path) -> list[str]:
     """Export names of a wasm module, in order (a tiny export-section reader)."""
-    from .driver import read_module  # noqa: PLC0415 - avoids an import cycle
+    from .driver import read_module  # here: avoids an import cycle
 
     return read_module(path.read_bytes()).exports
 
