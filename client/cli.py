@@ -109,7 +109,8 @@ class _Display:
 
         for full in sorted(self.pairs, key=len, reverse=True):
             pattern = r"(?<![\w./-])" + re.escape(full) + r"(?=$|[/\s;:,)'\"])"
-            text = re.sub(pattern, lambda _m, t=self.pairs[full]: t, text)
+            literal = self.pairs[full].replace("\\", "\\\\")  # no escapes in it
+            text = re.sub(pattern, literal, text)
         return text
 
 
@@ -448,10 +449,14 @@ def cmd_ldd(ns: Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    ns = quick_parse(args)
-    if ns is None:
+    quick = quick_parse(args)
+    if quick is None:
         parser = build_parser(args[0] if args and args[0] in COMMANDS else None)
         ns = parser.parse_args(args)
+    else:
+        # The quick parser's namespace has the same attributes; it is not an
+        # argparse.Namespace only so that the daemon path never imports argparse.
+        ns = quick  # type: ignore[assignment]
     try:
         commands = {
             "run": cmd_run,

@@ -25,8 +25,9 @@ class _Formatter(argparse.HelpFormatter):
         try:
             columns = int(os.environ.get("COLUMNS", ""))
         except ValueError:
+            stdout = sys.__stdout__
             try:
-                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                columns = os.get_terminal_size(stdout.fileno()).columns if stdout else 80
             except (AttributeError, ValueError, OSError):
                 columns = 80
         super().__init__(prog, indent_increment, max_help_position, width=columns - 2)

@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 ENV_SOCKET = "WASMRUN_SOCKET"
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wasmrund: {e}", file=sys.stderr)
         return 2
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     socket_path = ns.socket or os.environ.get(ENV_SOCKET)
     if socket_path:
         overrides["socket"] = os.path.abspath(socket_path)

@@ -33,7 +33,7 @@ class CompileFailed(Exception):
     """The bytes are not a module wasmtime accepts (its reason, one line)."""
 
 
-def sealed_memfd(name: str, data: bytes) -> int:
+def sealed_memfd(name: str, data: bytes | bytearray) -> int:
     """An immutable in-memory file holding ``data``."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:

@@ -12,11 +12,18 @@ from __future__ import annotations
 import array
 import socket
 import struct
+from typing import Protocol
 
 import attrs
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _UCRED = struct.Struct("3i")
+
+
+class HasSockopt(Protocol):
+    """A stdlib or trio socket: all peer_of needs."""
+
+    def getsockopt(self, level: int, optname: int, buflen: int) -> bytes: ...
 
 
 @attrs.frozen
@@ -29,7 +36,7 @@ class Peer:
     groups: tuple[int, ...] = ()
 
 
-def peer_of(sock: socket.socket) -> Peer:
+def peer_of(sock: HasSockopt) -> Peer:
     """The credentials of the process at the other end of a Unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)

@@ -363,12 +363,14 @@ class Server:
                             continue
                         raise
                     nursery.start_soon(self.connection, sock)
-            while True:  # the backlog: connected before we stopped
-                try:
-                    sock, _ = lsock._sock.accept()
-                except OSError:
-                    break
-                nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(sock))
+            with socket.socket(fileno=os.dup(lsock.fileno())) as backlog:
+                backlog.setblocking(False)
+                while True:  # the backlog: connected before we stopped
+                    try:
+                        waiting, _ = backlog.accept()
+                    except OSError:
+                        break
+                    nursery.start_soon(self.connection, trio.socket.from_stdlib_socket(waiting))
         finally:
             lsock.close()
             self._accept_stopped.set()
@@ -626,10 +628,16 @@ class _ConnectionHandler:
         """Take whatever is already in the socket, without waiting, and
         answer each request in it as shutting down."""
         try:
+            with socket.socket(fileno=os.dup(self.sock.fileno())) as now:
+                now.setblocking(False)
+                return await self._answer_all(now)
+        except OSError:
+            return
+
+    async def _answer_all(self, now: socket.socket) -> None:
+        try:
             while True:
-                data, anc, flags, _ = self.sock._sock.recvmsg(  # non-blocking socket
-                    65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
+                data, anc, flags, _ = now.recvmsg(65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
                 fds = _received_fds(anc)
                 self.pending_fds.extend(fds)
                 self.conn.receive_fds(len(fds), truncated=bool(flags & socket.MSG_CTRUNC))

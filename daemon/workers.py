@@ -282,7 +282,7 @@ class Worker:
         self.alive = False
         raise WorkerDied("killed")
 
-    async def _serve_until_done(self, store: CodeStore) -> bytes:
+    async def _serve_until_done(self, store: CodeStore | None) -> bytes:
         while True:
             try:
                 msg, fds = await self.channel.receive()

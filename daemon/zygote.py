@@ -128,8 +128,8 @@ def _main(
     children: set[int] = set()
     pending = b""
     while True:
-        readable, _, _ = select.select([channel.fileno(), kills], [], [], _REAP_INTERVAL)
-        if kills in readable:
+        readable, _, _ = select.select([channel.fileno(), kills.fileno()], [], [], _REAP_INTERVAL)
+        if kills.fileno() in readable:
             data = kills.recv(4096)
             if not data:
                 return  # the front is gone
@@ -239,7 +239,7 @@ def _become_worker(
         os.write(report_fd, f"cannot become {identity.describe()}: {e}".encode())
         return
     os.close(report_fd)
-    sys.stdin = None  # type: ignore[assignment]
+    sys.stdin = None
     channel = SyncChannel(socket.socket(fileno=worker_fds[0]))
     code.channel = channel
     worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config)

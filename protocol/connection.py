@@ -10,6 +10,7 @@ tested once for both sides.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import NoReturn
 
 from .codec import decode_message, encode_message
@@ -94,6 +95,8 @@ class Connection:
         server can hand a request on without encoding it again)."""
         self._fds_pending = 0
         self._count_fds = descriptors  # a socket that carries SCM_RIGHTS
+        self._receives: Mapping[str, type[Message]]
+        self._sends: Mapping[str, type[Message]]
         if self.role is Role.SERVER:
             self._receives, self._sends = REQUEST_TYPES, RESPONSE_TYPES
         else:

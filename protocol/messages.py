@@ -389,14 +389,11 @@ def _dict_field(check: Check, *, required: bool = False) -> Any:
     )
 
 
-_message = attrs.frozen(kw_only=True)
-
-
 # --------------------------------------------------------------------------
 # Messages.
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Limits:
     """Resource limits for one request; None means the daemon's default.
 
@@ -415,7 +412,7 @@ class Limits:
 _limits = _instance_of(Limits)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Run:
     """Request: load, link and run a program to completion (``wasmrun run``).
 
@@ -460,7 +457,7 @@ class Run:
             raise InvalidField("cwd", "absolute path or empty", quote(self.cwd))
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Dlopen:
     """Request: open a library with its dependencies in a fresh instance set,
     run its constructors, then call ``symbol`` with numeric ``args``.
@@ -484,7 +481,7 @@ class Dlopen:
     request_id: int = _field(_request_id, 0)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Preload:
     """Request: load and compile libraries into the daemon's cache now, so the
     first real request does not pay for it."""
@@ -496,7 +493,7 @@ class Preload:
     request_id: int = _field(_request_id, 0)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Stats:
     """Request: the daemon's counters (cache sizes, requests served...)."""
 
@@ -505,7 +502,7 @@ class Stats:
     request_id: int = _field(_request_id, 0)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Ping:
     """Request: liveness and version check; answered with Pong."""
 
@@ -514,7 +511,7 @@ class Ping:
     request_id: int = _field(_request_id, 0)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Cancel:
     """Request: cancel the in-flight request with this id on this connection.
 
@@ -529,7 +526,7 @@ class Cancel:
     request_id: int = _field(_request_id)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class RunResult:
     """Response to Run: the program ran to completion."""
 
@@ -542,7 +539,7 @@ class RunResult:
     """Seconds spent per phase (``plan``, ``instantiate``, ``run``...)."""
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class CallResult:
     """Response to Dlopen: the function returned."""
 
@@ -554,7 +551,7 @@ class CallResult:
     timings: dict[str, float] = _dict_field(_map(_duration))
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class PreloadResult:
     """Response to Preload."""
 
@@ -565,7 +562,7 @@ class PreloadResult:
     """Paths of every file now cached (the libraries and their dependencies)."""
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class StatsResult:
     """Response to Stats: flat counters, so clients can print them without
     knowing them."""
@@ -576,7 +573,7 @@ class StatsResult:
     stats: dict[str, int | float | str] = _dict_field(_map(_stat_value), required=True)
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Pong:
     """Response to Ping."""
 
@@ -598,7 +595,7 @@ def _default_exit_code(error: Error) -> int:
     return EXIT_CODES["internal"]
 
 
-@_message
+@attrs.frozen(kw_only=True)
 class Error:
     """Response: the request (or, with ``request_id`` nil, the connection)
     failed.

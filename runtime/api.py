@@ -220,18 +220,17 @@ class Runtime:
             with self._plans_lock:
                 self.plan_stats["plan.stale"] += 1
         plan = Planner(self.cache, search, options).plan(path)
-        files = []
-        for pm in plan.modules:
-            try:
-                st = os.stat(pm.image.path)
-            except OSError:
-                continue
-            files.append(
-                (pm.image.path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            )
+        # The identity of each file as it was read (fstat on the open file),
+        # not a later stat: a file swapped meanwhile must make the plan stale.
+        files = tuple(
+            (pm.image.path, pm.image.file_identity)
+            for pm in plan.modules
+            if pm.image.file_identity is not None
+        )
         with self._plans_lock:
             self.plan_stats["plan.misses"] += 1
-            self._plans[key] = _PlanEntry(plan, tuple(files), tuple(plan.misses))
+            if len(files) == len(plan.modules):
+                self._plans[key] = _PlanEntry(plan, files, tuple(plan.misses))
             while len(self._plans) > self.plan_cache_size:
                 self._plans.popitem(last=False)
         return plan, dict(plan.timings)

@@ -99,7 +99,7 @@ class ModuleCache:
                         if image is not None:
                             self._entries.move_to_end(known[1])
                             self.stats.hits += 1
-                            return self._located(image, display, path)
+                            return self._located(image, display, path, ident)
                 data = f.read()
         except IsADirectoryError:
             raise LoadError(f"{path}: is a directory") from None
@@ -114,7 +114,7 @@ class ModuleCache:
                 self._entries.move_to_end(digest)
                 self._by_identity[path] = (ident, digest)
                 self.stats.hits += 1
-                return self._located(image, display, path)
+                return self._located(image, display, path, ident)
             self.stats.misses += 1
         image = decode(data, display, path, self.engine, digest=digest, compiler=self.compile)
         with self._lock:
@@ -124,13 +124,15 @@ class ModuleCache:
             else:
                 self._insert(digest, image, len(data) * 3)
             self._by_identity[path] = (ident, digest)
-        return self._located(image, display, path)
+        return self._located(image, display, path, ident)
 
     @staticmethod
-    def _located(image: ModuleImage, name: str, path: str) -> ModuleImage:
-        if image.path == path and image.name == name:
+    def _located(image: ModuleImage, name: str, path: str, ident: tuple[int, ...]) -> ModuleImage:
+        """The image as found at ``path``, with the identity of the file it
+        was just read (or recognised) from."""
+        if image.path == path and image.name == name and image.file_identity == ident:
             return image
-        return image.with_location(name, path)
+        return image.with_location(name, path, ident)
 
     def _insert(self, digest: str, image: ModuleImage, cost: int) -> None:
         self._entries[digest] = image

@@ -73,6 +73,9 @@ class ModuleImage:
     _compiler: Callable[[str, bytes], wasmtime.Module] = attrs.field(repr=False)
     _compiled: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+    file_identity: tuple[int, ...] | None = attrs.field(default=None, repr=False)
+    """(dev, ino, size, mtime, ctime) of the file these bytes were read
+    from, as fstat saw it on the open file: what a cached plan checks."""
 
     @property
     def display(self) -> str:
@@ -86,9 +89,11 @@ class ModuleImage:
     def is_executable(self) -> bool:
         return "_start" in self.info.exports
 
-    def with_location(self, name: str, path: str) -> ModuleImage:
+    def with_location(
+        self, name: str, path: str, file_identity: tuple[int, ...] | None = None
+    ) -> ModuleImage:
         """The same bytes under another name: shares the compiled code."""
-        return attrs.evolve(self, name=name, path=path)
+        return attrs.evolve(self, name=name, path=path, file_identity=file_identity)
 
     def module(self) -> wasmtime.Module:
         """The compiled module (compiled on first use, then kept)."""
