@@ -93,6 +93,12 @@ def _main(
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _close_inherited({sock.fileno(), kills.fileno(), *keep_fds})
+    from wasmrun.toolchain import sysroot_lib_dir
+
+    # Searched last, after each request's own directories, as in process:
+    # the configured directories, then the sysroot (found with our
+    # environment, before it is cleared).
+    defaults = (*config.library_path, *[d for d in [sysroot_lib_dir()] if d])
     for name in list(os.environ):  # NOTIFY_SOCKET, LISTEN_*...: not ours
         if name not in ("PATH", "LANG", "LC_ALL", "TZ"):
             del os.environ[name]
@@ -106,7 +112,7 @@ def _main(
     engine = make_engine(config.fuel)
     code = RemoteCode(engine, channel)
     runtime = Runtime(
-        default_library_path=config.library_path,
+        default_library_path=defaults,
         environ={},
         engine=engine,
         disk_cache=False,

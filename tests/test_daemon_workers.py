@@ -135,3 +135,23 @@ def test_idle_workers_are_reaped(corpus: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+
+
+def test_the_sysroot_is_searched_last_through_the_daemon(corpus: Path, tmp_path: Path) -> None:
+    """As in process: a program needing libc.so runs with no -L when the
+    daemon has a sysroot (here $WASMRUN_SYSROOT in its environment)."""
+    sysroot = tmp_path / "sysroot"
+    (sysroot / "lib").mkdir(parents=True)
+    (sysroot / "lib" / "libc.so").write_bytes((corpus / "libc.so").read_bytes())
+    with start_daemon(env={"WASMRUN_SYSROOT": str(sysroot)}) as d:
+        env = {k: v for k, v in os.environ.items() if k != "WASMRUN_LIBRARY_PATH"}
+        env["WASMRUN_SOCKET"] = str(d.socket)
+        done = subprocess.run(
+            [sys.executable, "-m", "wasmrun.client.cli", "run", str(corpus / "hello.wasm")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+        )
+        assert (done.returncode, done.stdout) == (0, "hello, world\n"), done.stderr
+        assert "run " in d.log() and "exit 0" in d.log()
