@@ -165,12 +165,12 @@ class ModuleCache:
                     self.stats.deserialize_seconds += time.perf_counter() - t0
                 return module
             t0 = time.perf_counter()
-            module = self.disk.load(digest) if self.disk is not None else None
-            if module is not None:
+            loaded = self.disk.load(digest) if self.disk is not None else None
+            if loaded is not None:
                 with self._lock:
                     self.stats.deserializes += 1
                     self.stats.deserialize_seconds += time.perf_counter() - t0
-                return module
+                return loaded
             t0 = time.perf_counter()
             module = wasmtime.Module(self.engine, data)
             with self._lock:

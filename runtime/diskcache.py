@@ -170,7 +170,7 @@ class DiskCache:
     def _entry(self, digest: str) -> Path:
         return self.directory / f"{digest}-{self.fingerprint}{ENTRY_SUFFIX}"
 
-    def _mac(self, key: bytes, header: bytes, payload: bytes) -> bytes:
+    def _mac(self, key: bytes, header: bytes, payload: bytes | bytearray) -> bytes:
         mac = hmac.new(key, header, hashlib.sha256)
         mac.update(payload)
         return mac.digest()

@@ -33,6 +33,7 @@ import errno
 import os
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import wasmtime
@@ -44,7 +45,15 @@ from .errors import LoadError, WasmrunError, wasmtime_message
 from .module import ModuleImage
 from .plan import DYLD_FUNCTIONS, LAYOUT_SYMBOLS, PAGE, SCOPE_EXCLUDED
 from .search import SearchPath
-from .wasmbin import KIND_FUNC, KIND_GLOBAL, KIND_MEMORY, KIND_TABLE, KIND_TAG, FuncType
+from .wasmbin import (
+    KIND_FUNC,
+    KIND_GLOBAL,
+    KIND_MEMORY,
+    KIND_TABLE,
+    KIND_TAG,
+    FuncType,
+    GlobalType,
+)
 
 if TYPE_CHECKING:
     from .instance import InstanceSet
@@ -339,7 +348,10 @@ class DynamicLinker:
     def _export(self, owner: int, name: str):
         from .instance import get_export
 
-        return get_export(self.store, self.modules[owner].instance, name)
+        inst = self.modules[owner].instance
+        if inst is None:
+            raise DlError(f"{self.modules[owner].image.display}: used before it is instantiated")
+        return get_export(self.store, inst, name)
 
     def _data_address(self, owner: int, name: str) -> int:
         m = self.modules[owner]
@@ -651,16 +663,16 @@ class DynamicLinker:
                     externs.append(self._mem())
                 elif mod == "env" and kind == KIND_TABLE:
                     externs.append(self.iset.table)
-                elif mod == "env" and kind == KIND_TAG:
-                    externs.append(self._tag(name, desc))  # type: ignore[arg-type]
-                elif mod == "env" and kind == KIND_GLOBAL:
-                    externs.append(self._env_global(m, name, desc.mutable, global_))  # type: ignore
-                elif mod == "GOT.mem":
+                elif mod == "env" and kind == KIND_TAG and isinstance(desc, FuncType):
+                    externs.append(self._tag(name, desc))
+                elif mod == "env" and kind == KIND_GLOBAL and isinstance(desc, GlobalType):
+                    externs.append(self._env_global(m, name, desc.mutable, global_))
+                elif mod == "GOT.mem" and isinstance(desc, GlobalType):
                     value = self._got_mem(m, name, local, weak, missing)
-                    externs.append(global_(desc.mutable, value))  # type: ignore[union-attr]
-                elif mod == "GOT.func":
+                    externs.append(global_(desc.mutable, value))
+                elif mod == "GOT.func" and isinstance(desc, GlobalType):
                     slot = self._got_func(m, name, local, weak, missing, pending_slots)
-                    externs.append(global_(desc.mutable, slot))  # type: ignore[union-attr]
+                    externs.append(global_(desc.mutable, slot))
                 elif mod == "wasi_snapshot_preview1":
                     externs.append(self._wasi(name))
                 elif mod == "dyld":
@@ -700,7 +712,7 @@ class DynamicLinker:
                 types = tuple(ft for _, ft, _, _ in stubs)
                 plt = wasmtime.Instance(
                     store,
-                    self.iset._generated.get(("plt", types), lambda t=types: codegen.plt_module(t)),
+                    self.iset.generated_module(("plt", types), partial(codegen.plt_module, types)),
                     [],
                 )
                 self._keep.append(plt)
@@ -775,7 +787,13 @@ class DynamicLinker:
             pending.append((slot, owner, name))
         return slot
 
-    def _env_global(self, m: DynModule, name: str, mutable: bool, make) -> object:
+    def _env_global(
+        self,
+        m: DynModule,
+        name: str,
+        mutable: bool,
+        make: Callable[[bool, int], wasmtime.Global],
+    ) -> wasmtime.Global:
         plan = self.iset.plan
         if name == "__stack_pointer":
             if plan.nonpie:
@@ -833,12 +851,8 @@ class DynamicLinker:
             return value
         return self._data_address(owner, name)
 
-    def _wasi(self, name: str):
-        from .instance import get_export
-        from .recipe import SRC_SHIM
-
-        shim = self.iset._sources[SRC_SHIM]
-        func = get_export(self.store, shim, name) if shim is not None else None
+    def _wasi(self, name: str) -> wasmtime.Func:
+        func = self.iset.wasi_function(name)
         if func is None:
             raise DlError(
                 f"WASI function {name} is not available to libraries loaded at run time "
@@ -851,10 +865,7 @@ class DynamicLinker:
         plan = self.iset.plan
         for i, (tag_name, tag_type) in enumerate(plan.tags):
             if tag_name == name and tag_type == ft:
-                from .instance import get_export
-                from .recipe import SRC_CORE
-
-                return get_export(self.store, self.iset._sources[SRC_CORE], f"t{i}")
+                return self.iset.core_tag(i)
         from .instance import to_wasmtime_functype
 
         tag = wasmtime.Tag(self.store, wasmtime.TagType(to_wasmtime_functype(ft)))
@@ -894,13 +905,9 @@ class DynamicLinker:
     def _register_lazy_from_plan(self) -> None:
         """Load-time functions that were missing: a later RTLD_GLOBAL library
         may provide them."""
-        from .instance import get_export
-        from .recipe import SRC_PLT
-
         plan = self.iset.plan
-        plt = self.iset._sources[SRC_PLT]
-        if plt is not None:
-            table = get_export(self.store, plt, "table")
+        table = self.iset.plt_table()
+        if table is not None:
             for i, stub in enumerate(plan.plt):
                 if stub.target is None:
                     self.lazy.setdefault(stub.symbol, []).append((table, i, stub.type))
@@ -937,8 +944,8 @@ class DynamicLinker:
             owner = self._scope_lookup(name, h.local_scope, want)
             where = self.modules[h.root].image.display
         if owner is None or name in SCOPE_EXCLUDED:
-            kind = {KIND_FUNC: " (function)", KIND_GLOBAL: " (data)", None: ""}[want]
-            raise DlError(f"undefined symbol: {name}{kind} in {where}")
+            what = {KIND_FUNC: " (function)", KIND_GLOBAL: " (data)", None: ""}[want]
+            raise DlError(f"undefined symbol: {name}{what} in {where}")
         kind = self.modules[owner].image.info.exports[name].kind
         if kind == KIND_FUNC:
             return self._func_slot(owner, name)

@@ -16,6 +16,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -45,6 +46,9 @@ from .recipe import (
     recipe_for,
 )
 from .wasmbin import FuncType
+
+if TYPE_CHECKING:
+    from .dlopen import DynamicLinker
 
 _VALTYPES = {
     0x7F: wasmtime.ValType.i32,
@@ -223,9 +227,9 @@ class InstanceSet:
         self.limits = limits or RunLimits()
         self.control = control
         self._ticker = ticker
-        self._epoch_callback = None
+        self._epoch_callback: object | None = None  # kept alive while the store runs
         self._loader = loader  # (ModuleCache, SearchPath) for guest dlopen
-        self._dynamic = None
+        self._dynamic: DynamicLinker | None = None
         self._running = "start-up"  # what guest code runs now, for GuestExit
         self._apply_limits(fuel)
         self.instances: list[wasmtime.Instance | None] = [None] * len(plan.modules)
@@ -386,8 +390,8 @@ class InstanceSet:
         if r.filler_tables:
             self._fill_tables()
         for gi, owner, name, base in r.late_globals:
-            glob = get_export(store, self.instances[owner], name)
-            core_g = get_export(store, src[SRC_CORE], f"g{gi}")
+            glob = get_export(store, self.module_instance(owner), name)
+            core_g = get_export(store, self._source(SRC_CORE), f"g{gi}")
             core_g.set_value(store, wasmtime.Val.i32(_signed(glob.value(store) + base)))
 
     @property
@@ -402,21 +406,48 @@ class InstanceSet:
         return self._dynamic
 
     def core_global(self, index: int) -> wasmtime.Global:
-        return get_export(self.store, self._sources[SRC_CORE], f"g{index}")
+        """Planned global ``index`` (``LinkPlan.globals``) of this run."""
+        return get_export(self.store, self._source(SRC_CORE), f"g{index}")
+
+    def core_tag(self, index: int) -> wasmtime.Tag:
+        """Exception tag ``index`` (``LinkPlan.tags``) shared by this run."""
+        return get_export(self.store, self._source(SRC_CORE), f"t{index}")
+
+    def wasi_function(self, name: str) -> wasmtime.Func | None:
+        """The WASI shim's wrapper of ``name`` (None: the program imports no
+        such WASI function, so the shim has no wrapper for it)."""
+        shim = self._sources[SRC_SHIM]
+        func = get_export(self.store, shim, name) if shim is not None else None
+        return func if isinstance(func, wasmtime.Func) else None
+
+    def plt_table(self) -> wasmtime.Table | None:
+        """The load-time PLT's table (None: the plan has no PLT)."""
+        plt = self._sources[SRC_PLT]
+        table = get_export(self.store, plt, "table") if plt is not None else None
+        return table if isinstance(table, wasmtime.Table) else None
+
+    def generated_module(self, key: tuple, make: Callable[[], bytes]) -> wasmtime.Module:
+        """A generated module compiled once per shape (shared by all runs)."""
+        return self._generated.get(key, make)
 
     @property
     def memory(self) -> wasmtime.Memory:
         """The program's linear memory."""
-        return self._extern_at(self._memory_source())  # type: ignore[return-value]
+        memory = self._extern_at(self._memory_source())
+        assert isinstance(memory, wasmtime.Memory)
+        return memory
 
     @property
     def table(self) -> wasmtime.Table:
         """The indirect function table."""
         if self.plan.nonpie:
-            return get_export(
-                self.store, self.instances[self.plan.root], "__indirect_function_table"
+            table = get_export(
+                self.store, self.module_instance(self.plan.root), "__indirect_function_table"
             )
-        return self._extern_at((SRC_CORE, b"table"))  # type: ignore
+        else:
+            table = self._extern_at((SRC_CORE, b"table"))
+        assert isinstance(table, wasmtime.Table)
+        return table
 
     def _memory_source(self) -> tuple[int, bytes]:
         if self.plan.nonpie:
@@ -429,6 +460,12 @@ class InstanceSet:
     def _source(self, slot: int) -> wasmtime.Instance:
         inst = self._sources[slot] if slot < MODULE0 else self.instances[slot - MODULE0]
         assert inst is not None, f"source {slot} used before it exists"
+        return inst
+
+    def module_instance(self, mi: int) -> wasmtime.Instance:
+        """The instance of the plan's module ``mi`` (it must exist by now)."""
+        inst = self.instances[mi]
+        assert inst is not None, f"module {mi} used before it is instantiated"
         return inst
 
     def _fill_array(self, sources: Sequence[tuple[int, bytes | str]]) -> ctypes.Array:
@@ -446,10 +483,11 @@ class InstanceSet:
         }
         for slot, name in sources:
             if slot < 0:
+                assert isinstance(name, str)  # host sources are named by str
                 if slot == SRC_HOST_WASI:
-                    func = self._host.get(self.store, "wasi_snapshot_preview1", name)  # type: ignore
+                    func = self._host.get(self.store, "wasi_snapshot_preview1", name)
                 else:  # SRC_DYLD
-                    func = self.dynamic.host_function(name)  # type: ignore[arg-type]
+                    func = self.dynamic.host_function(name)
                 ctypes.memmove(addr, ctypes.byref(func._as_extern()), _EXTERN_SIZE)
             elif not export_get(ctx, refs[slot], name, len(name), addr):
                 raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
@@ -547,7 +585,8 @@ class InstanceSet:
             pm = plan.modules[mi]
             if pm.tls_base is not None:
                 self._running = f"TLS set-up of {pm.image.display}"
-                get_export(store, self.instances[mi], "__wasm_init_tls")(store, pm.tls_base)
+                init_tls = get_export(store, self.module_instance(mi), "__wasm_init_tls")
+                init_tls(store, pm.tls_base)
         for mi in plan.inst_order:
             f = self._own_export(mi, "__wasm_apply_data_relocs")
             if f is not None:
@@ -564,7 +603,7 @@ class InstanceSet:
     def _own_export(self, mi: int, name: str) -> wasmtime.Func | None:
         if name not in self.plan.modules[mi].image.info.exports:
             return None
-        f = get_export(self.store, self.instances[mi], name)
+        f = get_export(self.store, self.module_instance(mi), name)
         return f if isinstance(f, wasmtime.Func) else None
 
     def run_start(self) -> int:
@@ -592,7 +631,7 @@ class InstanceSet:
         owner = self.plan.scope.get(symbol)
         if owner is None:
             return None
-        ext = get_export(self.store, self.instances[owner], symbol)
+        ext = get_export(self.store, self.module_instance(owner), symbol)
         if isinstance(ext, wasmtime.Global):
             value = ext.value(self.store)
             if not isinstance(value, int):  # not a data address (a reference, a vector)

@@ -6,11 +6,13 @@ so that one run shows every problem.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import attrs
 
 from .cache import ModuleCache
 from .errors import LoadError, one_line
-from .plan import LinkOptions, Loader, Planner
+from .plan import LinkOptions, Loader, NeededEdge, Planner
 from .search import SearchPath
 
 _KINDS = {"pic": "dynamically linked", "nonpie": "non-PIE main", "plain": "not dynamic"}
@@ -45,7 +47,7 @@ def ldd(
     # Depth-first over the edges with an explicit stack (a long NEEDED chain
     # must not hit the recursion limit); a subtree is printed right under
     # its line. The depth of an entry is the height of the stack.
-    stack = [(iter(loader.edges[0]), (0,))]
+    stack: list[tuple[Iterator[NeededEdge], tuple[int, ...]]] = [(iter(loader.edges[0]), (0,))]
     while stack:
         edges, chain = stack[-1]
         edge = next(edges, None)
@@ -53,7 +55,9 @@ def ldd(
             stack.pop()
             continue
         pad = "    " * len(stack)
-        edge = edge._replace(name=one_line(edge.name))  # a name from the file: keep it one line
+        edge = attrs.evolve(
+            edge, name=one_line(edge.name)
+        )  # a name from the file: keep it one line
         if edge.path is None:
             lines.append(f"{pad}{edge.name} => not found")
             missing.append(edge.name)

@@ -206,9 +206,10 @@ def check_abi(info: ModuleInfo, dylink: DylinkInfo | None, path: str) -> None:
                 )
         if imp.kind != KIND_GLOBAL:
             continue
-        gt = imp.desc
-        if not isinstance(gt, GlobalType):  # the decoder makes one for every global
+        desc = imp.desc
+        if not isinstance(desc, GlobalType):  # the decoder makes one for every global
             continue
+        gt = desc
         if imp.module in ("GOT.mem", "GOT.func"):
             mutable = None
         elif imp.module == "env" and imp.name in _PROVIDED_GLOBALS:
@@ -256,6 +257,8 @@ def decode(
     if compiler is None:
 
         def compiler(_digest: str, raw: bytes) -> wasmtime.Module:
+            if engine is None:  # decoded for inspection only (ldd, tests)
+                raise LoadError(f"{path}: decoded without an engine, cannot be compiled")
             return wasmtime.Module(engine, raw)
 
     return ModuleImage(

@@ -54,17 +54,95 @@ SCOPE_EXCLUDED: Final = (
     }
 )
 
-# Binding kinds (one per import, in import order).
-B_MEMORY: Final = 0  # the shared linear memory
-B_TABLE: Final = 1  # the shared indirect function table
-B_GLOBAL: Final = 2  # arg: index into LinkPlan.globals
-B_DIRECT: Final = 3  # arg: (module index, export name), already instantiated
-B_PLT: Final = 4  # arg: PLT stub index
-B_WASI: Final = 5  # arg: WASI function name (export of the shim)
-B_TAG: Final = 6  # arg: tag index into LinkPlan.tags
-B_TRAP: Final = 7  # arg: index into LinkPlan.traps (host function that traps)
-B_EXPORT: Final = 8  # arg: (module index, export name), a non-function export
-B_HOST: Final = 9  # arg: name of a ``dyld`` host function (guest dlopen)
+# Bindings: what each import of a module is bound to, one per import, in
+# import order. A closed set of small records rather than (tag, payload)
+# pairs, so that the recipe builder and the type checker both see which
+# payload goes with which kind.
+
+
+@attrs.frozen
+class BindMemory:
+    """The shared linear memory."""
+
+
+@attrs.frozen
+class BindTable:
+    """The shared indirect function table."""
+
+
+@attrs.frozen
+class BindGlobal:
+    """A global of the generated core module: ``LinkPlan.globals[index]``."""
+
+    index: int
+
+
+@attrs.frozen
+class BindDirect:
+    """A function export of a module instantiated earlier: a direct call."""
+
+    owner: int
+    name: str
+
+
+@attrs.frozen
+class BindExport:
+    """A non-function export (a global) of a module instantiated earlier."""
+
+    owner: int
+    name: str
+
+
+@attrs.frozen
+class BindPlt:
+    """PLT stub ``LinkPlan.plt[stub]`` (a back-edge, a later definer, or a
+    lazily missing function)."""
+
+    stub: int
+
+
+@attrs.frozen
+class BindWasi:
+    """A WASI preview 1 function (an export of the shim)."""
+
+    name: str
+
+
+@attrs.frozen
+class BindTag:
+    """Exception tag ``LinkPlan.tags[index]``, shared by the run."""
+
+    index: int
+
+
+@attrs.frozen
+class BindTrap:
+    """A function that traps with ``LinkPlan.traps[stub].message``."""
+
+    stub: int
+
+
+@attrs.frozen
+class BindHost:
+    """A ``dyld`` host function of the run (guest dlopen)."""
+
+    name: str
+
+
+Binding = (
+    BindMemory
+    | BindTable
+    | BindGlobal
+    | BindDirect
+    | BindExport
+    | BindPlt
+    | BindWasi
+    | BindTag
+    | BindTrap
+    | BindHost
+)
+BIND_MEMORY: Final = BindMemory()
+BIND_TABLE: Final = BindTable()
 
 # The dyld host module: toywasm's ABI (load_object, resolve_symbol) and ours.
 I32: Final = b"\x7f"
@@ -108,7 +186,7 @@ class PlannedModule(NamedTuple):
     table_base: int
     tls_base: int | None
     needed: tuple[int, ...]  # indices of resolved NEEDED modules
-    binds: tuple[tuple[int, object], ...] = ()
+    binds: tuple[Binding, ...] = ()
 
 
 class PltStub(NamedTuple):
@@ -184,7 +262,8 @@ def _file_key(path: str) -> tuple[int, int] | str:
         return os.path.abspath(path)
 
 
-class NeededEdge(NamedTuple):
+@attrs.frozen
+class NeededEdge:
     """How one NEEDED entry of a module was resolved (for ``wasmrun ldd``)."""
 
     name: str  # as written in the NEEDED entry
@@ -356,7 +435,7 @@ def _check_nonpie_exports(plan: LinkPlan) -> None:
             "(needed by its libraries and by WASI)"
         )
     needs_table = bool(plan.table_fills or plan.plt) or any(
-        kind == B_TABLE for pm in plan.modules for kind, _ in pm.binds
+        isinstance(b, BindTable) for pm in plan.modules for b in pm.binds
     )
     table = exports.get("__indirect_function_table")
     if needs_table and (table is None or table.kind != KIND_TABLE):
@@ -598,19 +677,19 @@ class _Resolver:
 
     # -- per import kind ---------------------------------------------------
 
-    def _func(self, mi: int, name: str, ft: FuncType) -> tuple[int, object]:
+    def _func(self, mi: int, name: str, ft: FuncType) -> Binding:
         image = self.images[mi]
         owner = self._owner(name, KIND_FUNC, image)
         if owner is None:
             weak = image.dylink is not None and image.dylink.is_weak_import("env", name)
             if weak:
                 msg = f"call to undefined weak function {name} (imported by {image.display})"
-                return (B_TRAP, self._trap(ft, msg))
+                return BindTrap(self._trap(ft, msg))
             if self.options.bind_now:
                 self._missing(image, name, "function")
-                return (B_TRAP, self._trap(ft, "unreachable"))
+                return BindTrap(self._trap(ft, "unreachable"))
             self.unresolved.append((image.display, name, "function"))
-            return (B_PLT, self._plt(ft, None, name, image.display))
+            return BindPlt(self._plt(ft, None, name, image.display))
         exporter = self.images[owner]
         eft = exporter.info.func_type(exporter.info.exports[name].index)
         if eft != ft:
@@ -619,8 +698,8 @@ class _Resolver:
                 f"{exporter.display} defines it as {eft}"
             )
         if self.inst_pos[owner] < self.inst_pos[mi]:
-            return (B_DIRECT, (owner, name))
-        return (B_PLT, self._plt(ft, (owner, name), name, image.display))
+            return BindDirect(owner, name)
+        return BindPlt(self._plt(ft, (owner, name), name, image.display))
 
     def _plt(self, ft: FuncType, target: tuple[int, str] | None, name: str, importer: str) -> int:
         key = (target, name, ft) if target is not None else (None, name, importer, ft)
@@ -687,11 +766,13 @@ class _Resolver:
                 return self._global(key, mutable, slot)
             return self.global_keys[key]
         funcidx = self.images[owner].info.exports[name].index
-        slot = self.canonical.get((owner, funcidx))
-        if slot is None:
+        known = self.canonical.get((owner, funcidx))
+        if known is None:
             slot = self._new_slot()
             self.canonical[(owner, funcidx)] = slot
             self.table_fills.append(TableFill(slot, (owner, name)))
+        else:
+            slot = known
         return self._global(("GOT.func", owner, funcidx, mutable), mutable, slot)
 
     def _new_slot(self) -> int:
@@ -699,7 +780,7 @@ class _Resolver:
         self.table_end += 1
         return slot
 
-    def _env_global(self, mi: int, name: str, gt: GlobalType) -> tuple[int, object]:
+    def _env_global(self, mi: int, name: str, gt: GlobalType) -> Binding:
         image = self.images[mi]
         L = self.L
         if name == "__stack_pointer":
@@ -709,38 +790,37 @@ class _Resolver:
                         f"{self.images[0].path}: non-PIE main does not export __stack_pointer "
                         f"(needed by {image.display}; link it with --export=__stack_pointer)"
                     )
-                return (B_EXPORT, (0, "__stack_pointer"))
-            return (B_GLOBAL, self._global(("sp",), True, L["stack_high"]))
+                return BindExport(0, "__stack_pointer")
+            return BindGlobal(self._global(("sp",), True, L["stack_high"]))
         if name == "__memory_base":
-            return (B_GLOBAL, self._global(("mb", mi, gt.mutable), gt.mutable, L["mem_bases"][mi]))
+            return BindGlobal(self._global(("mb", mi, gt.mutable), gt.mutable, L["mem_bases"][mi]))
         if name == "__table_base":
-            return (
-                B_GLOBAL,
-                self._global(("tb", mi, gt.mutable), gt.mutable, L["table_bases"][mi]),
+            return BindGlobal(
+                self._global(("tb", mi, gt.mutable), gt.mutable, L["table_bases"][mi])
             )
         if name == "__tls_base":
             tls = L["tls_bases"][mi] or 0
-            return (B_GLOBAL, self._global(("tls", mi, gt.mutable), gt.mutable, tls))
+            return BindGlobal(self._global(("tls", mi, gt.mutable), gt.mutable, tls))
         if name in LAYOUT_SYMBOLS:
-            return (B_GLOBAL, self._got_mem(mi, name, gt.mutable))
+            return BindGlobal(self._got_mem(mi, name, gt.mutable))
         owner = self._owner(name, KIND_GLOBAL, image)
         if owner is not None and self.inst_pos[owner] < self.inst_pos[mi]:
-            return (B_EXPORT, (owner, name))
+            return BindExport(owner, name)
         raise SymbolError(
             f"{image.display}: cannot resolve global import env.{name}"
             + (" (its definer is instantiated later)" if owner is not None else "")
         )
 
-    def _bind(self, mi: int) -> tuple[tuple[int, object], ...]:
+    def _bind(self, mi: int) -> tuple[Binding, ...]:
         image = self.images[mi]
-        binds: list[tuple[int, object]] = []
+        binds: list[Binding] = []
         for imp in image.info.imports:
             mod, name, kind, desc = imp.module, imp.name, imp.kind, imp.desc
             if mod == "env":
                 if kind == KIND_MEMORY:
-                    binds.append((B_MEMORY, None))
+                    binds.append(BIND_MEMORY)
                 elif kind == KIND_TABLE:
-                    binds.append((B_TABLE, None))
+                    binds.append(BIND_TABLE)
                 elif kind == KIND_GLOBAL:
                     assert isinstance(desc, GlobalType)
                     binds.append(self._env_global(mi, name, desc))
@@ -752,23 +832,23 @@ class _Resolver:
                             f"another module uses {self.tags[name]}"
                         )
                     self.tags.setdefault(name, desc)
-                    binds.append((B_TAG, list(self.tags).index(name)))
+                    binds.append(BindTag(list(self.tags).index(name)))
                 else:
                     assert isinstance(desc, FuncType)
                     binds.append(self._func(mi, name, desc))
             elif mod in ("GOT.mem", "GOT.func") and kind == KIND_GLOBAL:
                 assert isinstance(desc, GlobalType)
                 if mod == "GOT.mem":
-                    binds.append((B_GLOBAL, self._got_mem(mi, name, desc.mutable)))
+                    binds.append(BindGlobal(self._got_mem(mi, name, desc.mutable)))
                 else:
-                    binds.append((B_GLOBAL, self._got_func(mi, name, desc.mutable)))
+                    binds.append(BindGlobal(self._got_func(mi, name, desc.mutable)))
             elif mod == "dyld" and kind == KIND_FUNC:
                 expected = DYLD_FUNCTIONS.get(name)
                 if expected is None or expected != desc:
                     raise SymbolError(
                         f"{image.display}: unknown dyld function {name} with type {desc}"
                     )
-                binds.append((B_HOST, name))
+                binds.append(BindHost(name))
             elif mod == "wasi_snapshot_preview1" and kind == KIND_FUNC:
                 assert isinstance(desc, FuncType)
                 prev = self.wasi.setdefault(name, desc)
@@ -777,7 +857,7 @@ class _Resolver:
                         f"{image.display}: WASI function {name} imported with type {desc}, "
                         f"another module uses {prev}"
                     )
-                binds.append((B_WASI, name))
+                binds.append(BindWasi(name))
             else:
                 raise SymbolError(
                     f"{image.display}: unknown import {mod}.{name} ({KIND_NAMES.get(kind, '?')})"

@@ -23,21 +23,21 @@ generated modules, each one instantiation:
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, assert_never
 
 import attrs
 
 from .plan import (
-    B_DIRECT,
-    B_EXPORT,
-    B_GLOBAL,
-    B_HOST,
-    B_MEMORY,
-    B_PLT,
-    B_TABLE,
-    B_TAG,
-    B_TRAP,
-    B_WASI,
+    BindDirect,
+    BindExport,
+    BindGlobal,
+    BindHost,
+    BindMemory,
+    BindPlt,
+    BindTable,
+    BindTag,
+    BindTrap,
+    BindWasi,
     LinkPlan,
 )
 from .wasmbin import FuncType
@@ -73,9 +73,14 @@ class Recipe:
 
 def recipe_for(plan: LinkPlan) -> Recipe:
     """The plan's recipe, built on first use and kept with the plan."""
-    if plan.recipe is None:
-        plan.recipe = build_recipe(plan)
-    return plan.recipe  # type: ignore[return-value]
+    # The plan holds it as an opaque object: plan.py cannot name Recipe
+    # without importing this module, which imports plan.py.
+    cached = plan.recipe
+    if isinstance(cached, Recipe):
+        return cached
+    recipe = build_recipe(plan)
+    plan.recipe = recipe
+    return recipe
 
 
 def build_recipe(plan: LinkPlan) -> Recipe:
@@ -121,31 +126,31 @@ def build_recipe(plan: LinkPlan) -> Recipe:
     imports: list[tuple[Source, ...]] = []
     for mi, pm in enumerate(plan.modules):
         srcs: list[Source] = []
-        for kind, arg in pm.binds:
-            if kind in (B_DIRECT, B_EXPORT):
-                owner, name = arg  # type: ignore[misc]
-                srcs.append(module_export(owner, name))
-            elif kind == B_GLOBAL:
-                srcs.append((SRC_CORE, f"g{arg}".encode()))
-            elif kind == B_WASI:
-                if nonpie and mi == root:
-                    srcs.append((SRC_HOST_WASI, arg))  # type: ignore[arg-type]
-                else:
-                    srcs.append((SRC_SHIM, arg.encode()))  # type: ignore[union-attr]
-            elif kind == B_PLT:
-                srcs.append((SRC_PLT, str(arg).encode()))
-            elif kind == B_TRAP:
-                srcs.append((SRC_STUBS, str(arg).encode()))
-            elif kind == B_MEMORY:
-                srcs.append(memory_source())
-            elif kind == B_TABLE:
-                srcs.append(table_source())
-            elif kind == B_TAG:
-                srcs.append((SRC_CORE, f"t{arg}".encode()))
-            elif kind == B_HOST:
-                srcs.append((SRC_DYLD, arg))  # type: ignore[arg-type]
-            else:  # pragma: no cover - the planner produces only the kinds above
-                raise AssertionError(f"unknown binding kind {kind}")
+        for b in pm.binds:
+            match b:
+                case BindDirect(owner, name) | BindExport(owner, name):
+                    srcs.append(module_export(owner, name))
+                case BindGlobal(index):
+                    srcs.append((SRC_CORE, f"g{index}".encode()))
+                case BindWasi(name):
+                    if nonpie and mi == root:
+                        srcs.append((SRC_HOST_WASI, name))
+                    else:
+                        srcs.append((SRC_SHIM, name.encode()))
+                case BindPlt(plt_index):
+                    srcs.append((SRC_PLT, str(plt_index).encode()))
+                case BindTrap(trap_index):
+                    srcs.append((SRC_STUBS, str(trap_index).encode()))
+                case BindMemory():
+                    srcs.append(memory_source())
+                case BindTable():
+                    srcs.append(table_source())
+                case BindTag(index):
+                    srcs.append((SRC_CORE, f"t{index}".encode()))
+                case BindHost(name):
+                    srcs.append((SRC_DYLD, name))
+                case _:  # pragma: no cover - the planner produces only the kinds above
+                    assert_never(b)
         imports.append(tuple(srcs))
 
     # The filler: GOT.func slots into the main table, PLT targets into the PLT table.

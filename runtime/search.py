@@ -68,7 +68,7 @@ class SearchPath:
     ) -> tuple[str | None, list[str]]:
         """The first existing candidate, and the candidates tried before it
         (a cached plan is stale if one of those appears later)."""
-        misses = []
+        misses: list[str] = []
         for cand in self.candidates(name, requester_path, runtime_path):
             if os.path.isfile(cand):
                 return cand, misses

@@ -97,11 +97,39 @@ class Import(NamedTuple):
     offset: int
 
 
-class Export(NamedTuple):
-    name: str
-    kind: int
-    index: int  # index in the module's index space of its kind
-    position: int = 0  # position in the export section (wasmtime's export_nth)
+class Export:
+    """One export entry.
+
+    A slotted class rather than a NamedTuple: its ``index`` field would
+    shadow ``tuple.index`` (a type error, and a trap for readers), and a
+    plain ``__init__`` keeps decoding libc.so's ~1,700 exports as cheap as
+    before (a frozen attrs class pays an ``object.__setattr__`` per field).
+    Treat instances as immutable.
+    """
+
+    __slots__ = ("name", "kind", "index", "position")
+
+    def __init__(self, name: str, kind: int, index: int, position: int = 0) -> None:
+        self.name = name
+        self.kind = kind
+        self.index = index  # index in the module's index space of its kind
+        self.position = position  # position in the export section (wasmtime's export_nth)
+
+    def __repr__(self) -> str:
+        return f"Export({self.name!r}, {self.kind}, {self.index}, {self.position})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Export):
+            return NotImplemented
+        return (self.name, self.kind, self.index, self.position) == (
+            other.name,
+            other.kind,
+            other.index,
+            other.position,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.kind, self.index, self.position))
 
 
 class ConstExpr(NamedTuple):
@@ -206,7 +234,8 @@ class ModuleInfo:
             for imp in self.imports:
                 if imp.kind == KIND_GLOBAL:
                     if n == globalidx:
-                        return imp.desc  # type: ignore[return-value]
+                        desc = imp.desc
+                        return desc if isinstance(desc, GlobalType) else None
                     n += 1
             return None
         local = globalidx - self.imported_globals

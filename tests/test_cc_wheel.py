@@ -74,3 +74,13 @@ def test_wheel_carries_the_c_sysroot(installed, tmp_path):
     assert not (tmp_path / "xdg" / "wasmrun-sysroot").exists()  # the shipped one was fresh
     ran = _run([str(installed / "wasmrun"), "run", "--no-daemon", "hello"], cwd=tmp_path, env=env)
     assert ran.stdout == "hello from the wheel\n"
+
+
+def test_wheel_ships_py_typed(installed):
+    """PEP 561: the installed runtime says it is typed, so a user's mypy
+    checks calls into wasmrun.runtime instead of treating it as Any."""
+    probe = (
+        "import importlib.resources as r; "
+        "print(r.files('wasmrun.runtime').joinpath('py.typed').is_file())"
+    )
+    assert _run([str(installed / "python"), "-c", probe]).stdout.strip() == "True"

@@ -92,10 +92,11 @@ def test_cross_library_calls_are_bound_directly(runtime, corpus):
     plan = runtime.plan(str(corpus / "callloop.wasm"))
     main = plan.root_module
     names = [imp.name for imp in main.image.info.imports]
-    kind, arg = main.binds[names.index("add_one")]
-    from wasmrun.runtime.plan import B_DIRECT
+    binding = main.binds[names.index("add_one")]
+    from wasmrun.runtime.plan import BindDirect
 
-    assert kind == B_DIRECT and plan.modules[arg[0]].image.display == "libcallee.so"
+    assert isinstance(binding, BindDirect)
+    assert plan.modules[binding.owner].image.display == "libcallee.so"
 
 
 def test_layout_respects_alignment_and_keeps_slot_zero_null(runtime, corpus):
