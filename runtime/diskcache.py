@@ -55,14 +55,9 @@ def engine_fingerprint(settings: str) -> str:
     wasmtime library (path, size, mtime: a reinstall or upgrade changes it),
     the engine settings and the machine. wasmtime also refuses incompatible
     data itself; this keeps such entries from even being read."""
-    from wasmtime import _ffi
+    from .wasmtime_seam import library_identity
 
-    lib = str(_ffi.filename)
-    try:
-        st = os.stat(lib)
-        ident = f"{lib}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        ident = lib
+    ident = library_identity()
     uname = os.uname()
     text = f"wasmtime {ident}; {settings}; {uname.machine}; {uname.sysname}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -54,6 +54,7 @@ from .wasmbin import (
     FuncType,
     GlobalType,
 )
+from .wasmtime_seam import get_export
 
 if TYPE_CHECKING:
     from .instance import InstanceSet
@@ -346,8 +347,6 @@ class DynamicLinker:
         return slot
 
     def _export(self, owner: int, name: str):
-        from .instance import get_export
-
         inst = self.modules[owner].instance
         if inst is None:
             raise DlError(f"{self.modules[owner].image.display}: used before it is instantiated")
@@ -707,8 +706,6 @@ class DynamicLinker:
             if missing:
                 raise DlError("symbol lookup error: " + "; ".join(missing), errno.ENOEXEC)
             if stubs:
-                from .instance import get_export
-
                 types = tuple(ft for _, ft, _, _ in stubs)
                 plt = wasmtime.Instance(
                     store,

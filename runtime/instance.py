@@ -19,9 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import wasmtime
-from wasmtime import _ffi as ffi
-from wasmtime._extern import wrap_extern
-from wasmtime._func import enter_wasm
 
 from . import codegen
 from .errors import (
@@ -43,9 +40,18 @@ from .recipe import (
     SRC_PLT,
     SRC_SHIM,
     SRC_STUBS,
+    Source,
     recipe_for,
 )
 from .wasmbin import FuncType
+from .wasmtime_seam import (
+    EXTERN_SIZE,
+    ExportFiller,
+    copy_func_extern,
+    get_export,
+    new_extern_array,
+    new_instance,
+)
 
 if TYPE_CHECKING:
     from .dlopen import DynamicLinker
@@ -67,21 +73,6 @@ def to_wasmtime_functype(ft: FuncType) -> wasmtime.FuncType:
         )
     except KeyError:
         raise LoadError(f"unsupported value type in signature {ft}") from None
-
-
-def get_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str):
-    """One export by name, without building all exports (libc has ~1,700:
-    ``Instance.exports`` would cost ~90 ms)."""
-    item = ffi.wasmtime_extern_t()
-    raw = name.encode("utf-8")
-    ok = ffi.wasmtime_instance_export_get(
-        store._context(),
-        ctypes.byref(instance._instance),
-        ctypes.create_string_buffer(raw),
-        len(raw),
-        ctypes.byref(item),
-    )
-    return wrap_extern(item) if ok else None
 
 
 class GeneratedModules:
@@ -143,36 +134,6 @@ def make_host_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
     return linker
 
 
-_EXTERN_SIZE = ctypes.sizeof(ffi.wasmtime_extern_t)
-# Our own handle on wasmtime_instance_export_get taking a bytes name and a
-# plain address, so an import array can be filled in place with no Python
-# object per import (dll[...] returns a fresh function object; wasmtime-py's
-# own binding is left untouched).
-_export_get = ffi.dll["wasmtime_instance_export_get"]
-_export_get.restype = ctypes.c_bool
-_export_get.argtypes = [
-    ctypes.POINTER(ffi.wasmtime_context_t),
-    ctypes.POINTER(ffi.wasmtime_instance_t),
-    ctypes.c_char_p,
-    ctypes.c_size_t,
-    ctypes.c_void_p,
-]
-
-
-def _new_instance(
-    store: wasmtime.Store, module: wasmtime.Module, externs: ctypes.Array, n: int
-) -> wasmtime.Instance:
-    """``wasmtime_instance_new`` on an import array we filled in place."""
-    instance = ffi.wasmtime_instance_t()
-    with enter_wasm(store) as trap:
-        error = ffi.wasmtime_instance_new(
-            store._context(), module.ptr(), externs, n, ctypes.byref(instance), trap
-        )
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
-    return wasmtime.Instance._from_raw(instance)
-
-
 def _trap_reason(text: str) -> str:
     """The cause of a trap, without wasmtime's embedded backtrace."""
     if "Caused by:" in text:
@@ -221,6 +182,7 @@ class InstanceSet:
         self.plan = plan
         self.recipe = recipe_for(plan)
         self.timings: dict[str, float] = {}
+        self._closed = False
         t0 = time.perf_counter()
         self.store = store if store is not None else wasmtime.Store(engine)
         self.store.set_wasi(wasi)
@@ -276,14 +238,12 @@ class InstanceSet:
         if store is not None:
             store.close()
         self._epoch_callback = None
+        self._closed = True
 
     @property
     def closed(self) -> bool:
-        try:
-            self.store.ptr()
-        except ValueError:
-            return True
-        return False
+        """Whether :meth:`close` ran (its Store is gone)."""
+        return self._closed
 
     def __enter__(self) -> InstanceSet:
         return self
@@ -468,30 +428,29 @@ class InstanceSet:
         assert inst is not None, f"module {mi} used before it is instantiated"
         return inst
 
-    def _fill_array(self, sources: Sequence[tuple[int, bytes | str]]) -> ctypes.Array:
+    def _fill_array(self, sources: Sequence[Source]) -> ctypes.Array:
         """One ``export_get`` per import, written straight into the array
         wasmtime reads: no Python object and no symbol resolution per import."""
-        n = len(sources)
-        arr = (ffi.wasmtime_extern_t * n)()
-        ctx = self.store._context()
+        arr = new_extern_array(len(sources))
+        filler = ExportFiller(self.store)
+        fill = filler.fill
         addr = ctypes.addressof(arr)
-        export_get = _export_get
         refs = {
-            slot: ctypes.byref(self._source(slot)._instance)
+            slot: filler.instance_ref(self._source(slot))
             for slot in {slot for slot, _ in sources}
             if slot >= 0
         }
         for slot, name in sources:
             if slot < 0:
-                assert isinstance(name, str)  # host sources are named by str
                 if slot == SRC_HOST_WASI:
-                    func = self._host.get(self.store, "wasi_snapshot_preview1", name)
+                    func = self._host.get(self.store, "wasi_snapshot_preview1", name.decode())
                 else:  # SRC_DYLD
-                    func = self.dynamic.host_function(name)
-                ctypes.memmove(addr, ctypes.byref(func._as_extern()), _EXTERN_SIZE)
-            elif not export_get(ctx, refs[slot], name, len(name), addr):
+                    func = self.dynamic.host_function(name.decode())
+                assert isinstance(func, wasmtime.Func)
+                copy_func_extern(func, addr)
+            elif not fill(refs[slot], name, addr):
                 raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
-            addr += _EXTERN_SIZE
+            addr += EXTERN_SIZE
         return arr
 
     def _instantiate(self, mi: int) -> None:
@@ -501,7 +460,7 @@ class InstanceSet:
         arr = self._fill_array(sources)
         module = pm.image.module()
         try:
-            inst = _new_instance(store, module, arr, len(sources))
+            inst = new_instance(store, module, arr, len(sources))
         except wasmtime.ExitTrap as e:  # the module's start function called exit()
             raise GuestExit(e.code, f"start function of {pm.image.display}") from None
         except wasmtime.Trap as e:
@@ -561,7 +520,7 @@ class InstanceSet:
         sources = [*r.filler_tables, *(s for _, s in r.filler_functions)]
         arr = self._fill_array(sources)
         try:
-            _new_instance(self.store, filler, arr, len(sources))
+            new_instance(self.store, filler, arr, len(sources))
         except wasmtime.WasmtimeError as e:
             msg = wasmtime_message(str(e))
             raise LoadError(f"cannot fill the function tables: {msg}") from None

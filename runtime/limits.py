@@ -11,17 +11,16 @@ wasmtime's epoch check at loop heads and function entries.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from typing import Final
 
 import attrs
 import wasmtime
-from wasmtime import _ffi as ffi
+
+from .wasmtime_seam import install_deadline_callback
 
 TICK: Final = 0.01  # seconds between epoch increments
-_UPDATE_DEADLINE_CONTINUE: Final = 0  # wasmtime_update_deadline_kind_t
 
 
 # Elements a table may hold when the run sets no limit of its own: tables
@@ -126,38 +125,16 @@ class EpochTicker:
             self.engine.increment_epoch()
 
 
-# wasmtime_store_epoch_deadline_callback's C signature.
-_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_size_t,
-    ctypes.POINTER(ffi.wasmtime_context_t),
-    ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_uint64),
-    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
-)
-_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
-
-
-def _error_ptr(message: str) -> int:
-    raw = message.encode("utf-8")
-    err = ffi.wasmtime_error_new(ctypes.create_string_buffer(raw))
-    return ctypes.cast(err, ctypes.c_void_p).value or 0
-
-
 def install_epoch_check(store: wasmtime.Store, control: RunControl) -> object:
     """Trap the store's guest code once ``control`` says stop; returns the
     callback object, which the caller must keep alive while the store runs."""
 
-    def on_deadline(_ctx, _data, delta, kind) -> int:
+    def verdict() -> str | None:
         reason = control.reason
         if reason is None:
-            delta[0] = 1
-            kind[0] = _UPDATE_DEADLINE_CONTINUE
-            return 0
+            return None
         if reason == "timeout":
-            return _error_ptr(f"run timed out after {control.timeout:g} s")
-        return _error_ptr(f"run {reason}")
+            return f"run timed out after {control.timeout:g} s"
+        return f"run {reason}"
 
-    callback = _CALLBACK(on_deadline)
-    store.set_epoch_deadline(1)
-    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
-    return callback
+    return install_deadline_callback(store, verdict)

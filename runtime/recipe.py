@@ -51,7 +51,8 @@ SRC_PLT: Final = 2
 SRC_STUBS: Final = 3
 MODULE0: Final = 4
 
-Source = tuple[int, bytes | str]
+# (source slot, export name); host sources (negative slots) name a host function.
+Source = tuple[int, bytes]
 
 
 @attrs.frozen
@@ -134,7 +135,7 @@ def build_recipe(plan: LinkPlan) -> Recipe:
                     srcs.append((SRC_CORE, f"g{index}".encode()))
                 case BindWasi(name):
                     if nonpie and mi == root:
-                        srcs.append((SRC_HOST_WASI, name))
+                        srcs.append((SRC_HOST_WASI, name.encode()))
                     else:
                         srcs.append((SRC_SHIM, name.encode()))
                 case BindPlt(plt_index):
@@ -148,7 +149,7 @@ def build_recipe(plan: LinkPlan) -> Recipe:
                 case BindTag(index):
                     srcs.append((SRC_CORE, f"t{index}".encode()))
                 case BindHost(name):
-                    srcs.append((SRC_DYLD, name))
+                    srcs.append((SRC_DYLD, name.encode()))
                 case _:  # pragma: no cover - the planner produces only the kinds above
                     assert_never(b)
         imports.append(tuple(srcs))

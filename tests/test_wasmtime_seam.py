@@ -1,0 +1,74 @@
+"""The wasmtime seam: every wasmtime-py internal wasmrun uses is checked at
+import, and a wasmtime-py without one fails with one line naming it and
+the supported versions (not an AttributeError in the middle of a run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import attrs
+import pytest
+import wasmtime
+import wasmtime._ffi
+from wasmrun.runtime import wasmtime_seam
+from wasmrun.runtime.wasmtime_seam import SUPPORTED_VERSIONS, WasmtimeIncompatible, load_internals
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_line(err: pytest.ExceptionInfo[WasmtimeIncompatible]) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    assert f"supports wasmtime-py {SUPPORTED_VERSIONS}" in text
+    assert f"wasmtime-py {wasmtime_seam.installed_version()} lacks" in text
+    return text
+
+
+def test_the_installed_wasmtime_has_everything():
+    load_internals()
+
+
+def test_a_missing_c_binding_is_named(monkeypatch):
+    monkeypatch.delattr(wasmtime._ffi, "wasmtime_store_epoch_deadline_callback")
+    with pytest.raises(WasmtimeIncompatible) as err:
+        load_internals()
+    assert "lacks wasmtime._ffi.wasmtime_store_epoch_deadline_callback," in _one_line(err)
+
+
+def test_a_missing_private_method_is_named(monkeypatch):
+    monkeypatch.delattr(wasmtime.Store, "_context")
+    with pytest.raises(WasmtimeIncompatible) as err:
+        load_internals()
+    assert "lacks wasmtime.Store._context," in _one_line(err)
+
+
+def test_a_missing_private_module_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wasmtime._extern", None)  # import raises ImportError
+    with pytest.raises(WasmtimeIncompatible) as err:
+        load_internals()
+    assert "lacks the module wasmtime._extern," in _one_line(err)
+
+
+def test_importing_wasmrun_with_an_incompatible_wasmtime_fails_in_one_line():
+    probe = "import wasmtime._ffi as f; del f.wasmtime_instance_new; import wasmrun.runtime"
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("wasmrun.runtime.wasmtime_seam.WasmtimeIncompatible: ")
+    assert "lacks wasmtime._ffi.wasmtime_instance_new," in last
+    assert SUPPORTED_VERSIONS in last
+
+
+def test_supported_versions_are_the_pin_in_pyproject():
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    assert f"wasmtime{SUPPORTED_VERSIONS}" in deps
+
+
+def test_fingerprint_without_the_library_path_still_names_the_build(monkeypatch):
+    monkeypatch.setattr(wasmtime_seam, "_I", attrs.evolve(wasmtime_seam._I, library_file=None))
+    ident = wasmtime_seam.library_identity()
+    assert ident.startswith(f"wasmtime-py {wasmtime_seam.installed_version()} at ")
