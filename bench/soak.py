@@ -13,7 +13,9 @@ N client threads, each with its own connections, loop over a weighted mix:
 * ``garbage``: random bytes instead of a frame (answer: protocol error);
 * ``slow``: 400 KiB of output into a pipe the client reads slowly.
 
-Beside them ``--idle`` connections stay open and silent all along. The
+Beside them ``--idle`` connections stay open and silent all along, and
+``--half`` connections each send half a frame and go silent (the daemon
+must cut them after ``frame_timeout``; each is then opened again). The
 script prints requests served, wrong answers and failures by kind, and the
 daemon's RSS, descriptors and threads (front, zygote, workers) after
 warm-up, in the middle and at the end. Not part of the test suite: it runs
@@ -50,7 +52,7 @@ def start_daemon(directory: Path, corpus: Path) -> subprocess.Popen:
     config = directory / "wasmrund.toml"
     config.write_text(
         "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\nqueue_per_uid = 1000\n"
-        "worker_max_requests = 500\n"
+        "worker_max_requests = 500\nframe_timeout = 2.0\n"
     )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(directory / "notify"))
@@ -276,6 +278,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--idle", type=int, default=50)
+    ap.add_argument("--half", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ns = ap.parse_args()
     corpus = build_corpus(ROOT / "tests" / "c" / "corpus.toml", ROOT / "build" / "corpus")
@@ -308,7 +311,34 @@ def main() -> int:
                 tally.add(kind, problem, failure)
 
         load = os.getloadavg()[0]
+        cut = [0]
+
+        def half_frames() -> None:
+            """Connections stuck in the middle of a frame, renewed as the
+            daemon cuts them."""
+            frame = _run_frame(corpus / "hello.wasm", [], None)
+            conns: list[Conn] = []
+            while not stop.is_set():
+                while len(conns) < ns.half:
+                    c = Conn(path)
+                    c.sock.sendall(frame[: len(frame) // 2])
+                    c.sock.settimeout(0.05)
+                    conns.append(c)
+                for c in list(conns):
+                    try:
+                        c.sock.recv(65536)  # the daemon's protocol error, or its close
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        pass
+                    c.close()  # the daemon answered (protocol error) or closed
+                    conns.remove(c)
+                    cut[0] += 1
+            for c in conns:
+                c.close()
+
         threads = [threading.Thread(target=client, args=(i,)) for i in range(ns.clients)]
+        threads.append(threading.Thread(target=half_frames))
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -345,6 +375,7 @@ def main() -> int:
         for kind, n in sorted(tally.failures.items()):
             print(f"     {kind:<20} {n}")
         print(f"   idle connections still open at the end: {still_open} of {ns.idle}")
+        print(f"   half-sent frames cut by the daemon: {cut[0]} ({ns.half} kept in flight)")
         print("   daemon (RSS, descriptors, threads):")
         show("start", start)
         show("middle", middle)
