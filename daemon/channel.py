@@ -86,6 +86,14 @@ class FrameSplitter:
         self.buffer += data
         self.fds.extend(fds)
 
+    def take(self, data: bytes, ancdata: list[tuple[int, int, bytes]]) -> None:
+        """What one recvmsg returned; ChannelError at the end of the stream."""
+        fds = received_fds(ancdata)
+        if not data:
+            close_fds(fds)
+            raise ChannelError("the other end closed the channel")
+        self.feed(data, fds)
+
     def next(self) -> tuple[dict[str, Any], list[int]] | None:
         if len(self.buffer) < _HEADER:
             return None
@@ -146,11 +154,7 @@ class SyncChannel:
                 data, anc, _flags, _ = self.sock.recvmsg(1 << 20, _ANC, socket.MSG_CMSG_CLOEXEC)
             except OSError as e:
                 raise ChannelError(f"receive: {e.strerror}") from None
-            fds = received_fds(anc)
-            if not data:
-                close_fds(fds)
-                raise ChannelError("the other end closed the channel")
-            self.splitter.feed(data, fds)
+            self.splitter.take(data, anc)
 
     def close(self) -> None:
         self.splitter.close()

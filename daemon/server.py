@@ -61,6 +61,7 @@ from wasmrun.protocol import (
     error_response,
 )
 
+from .channel import close_fds, received_fds
 from .codestore import CodeStore
 from .config import DaemonConfig, default_socket_path
 from .execute import effective_limits, error_for
@@ -145,24 +146,6 @@ def bind_socket(config: DaemonConfig) -> tuple[socket.socket, str]:
     finally:
         os.umask(old)
     return sock, str(path)
-
-
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
-            fds.extend(arr)
-    return fds
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # -- the server -------------------------------------------------------------------
@@ -519,7 +502,7 @@ class _ConnectionHandler:
                 async with trio.open_nursery() as nursery:
                     await self._read_loop(nursery)
             finally:
-                _close_all(self.pending_fds)
+                close_fds(self.pending_fds)
                 self.pending_fds.clear()
 
     def cancel_all(self, reason: str) -> None:
@@ -582,7 +565,7 @@ class _ConnectionHandler:
                 else:
                     log.debug("uid=%d pid=%d: idle, closing", self.peer.uid, self.peer.pid)
                 return
-            fds = _received_fds(ancdata)
+            fds = received_fds(ancdata)
             self.pending_fds.extend(fds)
             self.received_any = True
             try:
@@ -638,13 +621,13 @@ class _ConnectionHandler:
         try:
             while True:
                 data, anc, flags, _ = now.recvmsg(65536, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
-                fds = _received_fds(anc)
+                fds = received_fds(anc)
                 self.pending_fds.extend(fds)
                 self.conn.receive_fds(len(fds), truncated=bool(flags & socket.MSG_CTRUNC))
                 self.conn.receive_data(data)
                 while (msg := self.conn.next_message()) is not None:
                     if isinstance(msg, Run | Dlopen | Preload):
-                        _close_all(self._take_fds(msg))
+                        close_fds(self._take_fds(msg))
                         await self.send(_shutting_down(msg.request_id))
                 if not data:
                     return
@@ -671,11 +654,11 @@ class _ConnectionHandler:
         elif isinstance(msg, Run | Dlopen | Preload):
             fds = self._take_fds(msg)
             if self.server.draining:
-                _close_all(fds)
+                close_fds(fds)
                 await self.send(_shutting_down(msg.request_id))
                 return
             if len(self.inflight) >= _MAX_INFLIGHT:
-                _close_all(fds)
+                close_fds(fds)
                 await self.send(
                     Error(
                         request_id=msg.request_id,
@@ -711,7 +694,7 @@ class _ConnectionHandler:
             log.exception("request %d failed", msg.request_id)
             response = error_for(e, msg.request_id)
         finally:
-            _close_all(fds)
+            close_fds(fds)
         if isinstance(response, Error):
             server.counters["daemon.errors"] += 1
             outcome = f"{response.kind} error (exit {response.exit_code})"

@@ -31,7 +31,6 @@ from .channel import (
     _ancillary,
     _pack,
     close_fds,
-    received_fds,
 )
 from .codestore import CodeStore, CompileFailed
 from .identity import Identity
@@ -70,11 +69,7 @@ class AsyncChannel:
                 )
             except OSError as e:
                 raise ChannelError(f"receive: {e.strerror}") from None
-            fds = received_fds(anc)
-            if not data:
-                close_fds(fds)
-                raise ChannelError("the other end closed the channel")
-            self.splitter.feed(data, fds)
+            self.splitter.take(data, anc)
 
     def close(self) -> None:
         self.splitter.close()

@@ -47,6 +47,26 @@ class Tenant:
     gid: int
 
 
+WASMRUN = [SYSTEM_PYTHON, "-m", "wasmrun.client.cli"]
+
+
+def run_as(
+    tenant: Tenant, command: list[str], env: dict[str, str], **kw
+) -> subprocess.CompletedProcess[str]:
+    """``command`` as ``tenant`` (its uid and primary group, nothing more)."""
+    return subprocess.run(
+        command,
+        user=tenant.uid,
+        group=tenant.gid,
+        extra_groups=[],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+        **kw,
+    )
+
+
 def _make_user(tag: str) -> Tenant:
     name = f"wrt{tag}{uuid.uuid4().hex[:8]}"
     subprocess.run(
@@ -150,37 +170,17 @@ class World:
     ) -> subprocess.CompletedProcess[str]:
         """``wasmrun ARGS`` as ``tenant`` (through the daemon only: the
         tenant has no wasmtime, so an in-process fallback would fail)."""
-        command = [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", *args]
+        command = [*WASMRUN, *args]
         if shell_stdin is not None:  # e.g. "0>>file": stdin opened write-only
             quoted = " ".join(f"'{a}'" for a in command)
             command = ["/bin/sh", "-c", f"exec {quoted} {shell_stdin}"]
-        return subprocess.run(
-            command,
-            user=tenant.uid,
-            group=tenant.gid,
-            extra_groups=[],
-            env=self.env(),
-            cwd=self.root,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT * 4,
-        )
+        return run_as(tenant, command, self.env(), cwd=self.root, input=stdin)
 
     def raw(self, tenant: Tenant, spec: dict) -> tuple[str, list[dict]]:
         """The hand-made client as ``tenant``: guest output and replies."""
         spec = {"socket": self.socket, **spec}
-        done = subprocess.run(
-            [SYSTEM_PYTHON, str(self.client / "rawclient.py"), json.dumps(spec)],
-            user=tenant.uid,
-            group=tenant.gid,
-            extra_groups=[],
-            env=self.env(),
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT * 4,
-        )
+        command = [SYSTEM_PYTHON, str(self.client / "rawclient.py"), json.dumps(spec)]
+        done = run_as(tenant, command, self.env(), cwd=self.root)
         assert done.returncode == 0, done.stderr
         out, replies = [], []
         for line in done.stdout.splitlines():
@@ -590,16 +590,7 @@ def test_a_daemon_that_cannot_change_identity_serves_its_own_uid_only(
                 "PATH": "/usr/bin:/bin",
                 "HOME": "/",
             }
-            done = subprocess.run(
-                [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", "run", str(root / "hello.wasm")],
-                user=a.uid,
-                group=a.gid,
-                extra_groups=[],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-            )
+            done = run_as(a, [*WASMRUN, "run", str(root / "hello.wasm")], env)
             assert done.returncode == 76, done
             assert "without the right to change identity" in done.stderr
             mine = subprocess.run(
@@ -658,29 +649,9 @@ def test_the_front_can_run_as_its_own_user(world: World, front_user: Tenant) -> 
         cache = d.dir / "cache"
         assert os.stat(cache).st_uid == front_user.uid
         env = {**world.env(), "WASMRUN_SOCKET": str(d.socket)}
-        hello = subprocess.run(
-            [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", "run", str(world.pub / "hello.wasm")],
-            user=a.uid,
-            group=a.gid,
-            extra_groups=[],
-            env=env,
-            cwd=world.root,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        hello = run_as(a, [*WASMRUN, "run", str(world.pub / "hello.wasm")], env, cwd=world.root)
         assert hello.returncode == 0 and "hello" in hello.stdout, hello.stderr
         assert os.stat(cache / "key").st_uid == front_user.uid
-        stuck = subprocess.run(
-            [SYSTEM_PYTHON, "-m", "wasmrun.client.cli", "run", "--timeout", "1"]
-            + [str(world.pub / "sleepy.wasm")],
-            user=a.uid,
-            group=a.gid,
-            extra_groups=[],
-            env=env,
-            cwd=world.root,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        sleepy = str(world.pub / "sleepy.wasm")
+        stuck = run_as(a, [*WASMRUN, "run", "--timeout", "1", sleepy], env, cwd=world.root)
         assert stuck.returncode == 124, stuck.stderr
