@@ -12,10 +12,15 @@ import attrs
 
 from .cache import ModuleCache
 from .errors import LoadError, one_line
+from .module import ModuleKind
 from .plan import LinkOptions, Loader, NeededEdge, Planner
 from .search import SearchPath
 
-_KINDS = {"pic": "dynamically linked", "nonpie": "non-PIE main", "plain": "not dynamic"}
+_KINDS: dict[ModuleKind, str] = {
+    "pic": "dynamically linked",
+    "nonpie": "non-PIE main",
+    "plain": "not dynamic",
+}
 
 
 @attrs.frozen

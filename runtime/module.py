@@ -11,7 +11,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import wasmtime
@@ -30,6 +30,11 @@ from .wasmbin import (
     parse_module,
     valtype_name,
 )
+
+# How a module links: "pic" imports env.memory (a PIE main or a shared
+# library); "nonpie" has dylink.0 but defines its own memory (a non-PIE
+# main); "plain" has no dylink.0 (an ordinary WASI program, run as is).
+ModuleKind = Literal["pic", "nonpie", "plain"]
 
 # Exports that belong to a module's own start-up protocol and never enter the
 # global symbol scope (every library has its own).
@@ -68,7 +73,7 @@ class ModuleImage:
     size: int
     info: ModuleInfo
     dylink: DylinkInfo | None
-    kind: str
+    kind: ModuleKind
     _data: bytes = attrs.field(repr=False)
     _compiler: Callable[[str, bytes], wasmtime.Module] = attrs.field(repr=False)
     _compiled: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
@@ -224,7 +229,8 @@ def check_abi(info: ModuleInfo, dylink: DylinkInfo | None, path: str) -> None:
             )
 
 
-def classify(info: ModuleInfo, dylink: DylinkInfo | None) -> str:
+def classify(info: ModuleInfo, dylink: DylinkInfo | None) -> ModuleKind:
+    """How a module links (see :data:`ModuleKind`)."""
     if dylink is None:
         return "plain"
     for imp in info.imports:

@@ -21,6 +21,16 @@ import attrs
 from .cache import ModuleCache
 from .dylink import SYMBOL_TLS
 from .errors import LimitError, LoadError, SymbolError
+from .layout import (
+    LAYOUT_SYMBOLS,
+    NULL_GUARD,
+    PAGE,
+    Layout,
+    LayoutSymbols,
+    align,
+    place_memory,
+    place_table,
+)
 from .module import HOUSEKEEPING_EXPORTS, ModuleImage
 from .search import SearchPath
 from .wasmbin import (
@@ -36,14 +46,6 @@ from .wasmbin import (
     TableType,
 )
 
-PAGE: Final = 65536
-# Bytes left unused at address 0, so that writes through small null-based
-# pointers do not land in the stack or in data.
-NULL_GUARD: Final = 1024
-# Names the linker provides itself; never looked up in the symbol scope.
-LAYOUT_SYMBOLS: Final = frozenset(
-    {"__heap_base", "__heap_end", "__stack_low", "__stack_high", "__dso_handle"}
-)
 SCOPE_EXCLUDED: Final = (
     HOUSEKEEPING_EXPORTS
     | LAYOUT_SYMBOLS
@@ -247,11 +249,6 @@ class LinkPlan:
     @property
     def root_module(self) -> PlannedModule:
         return self.modules[self.root]
-
-
-def _align(x: int, log2: int) -> int:
-    a = 1 << log2
-    return (x + a - 1) & ~(a - 1)
 
 
 def _file_key(path: str) -> tuple[int, int] | str:
@@ -482,7 +479,7 @@ class Planner:
         }
         return plan
 
-    def _layout(self, images: list[ModuleImage], nonpie: bool) -> dict[str, object]:
+    def _layout(self, images: list[ModuleImage], nonpie: bool) -> Layout:
         opts = self.options
         mem_bases: list[int] = []
         table_bases: list[int] = []
@@ -505,7 +502,7 @@ class Planner:
             tbase = main.info.tables[0].limits.minimum if main.info.tables else 1
         else:
             stack_low = NULL_GUARD
-            stack_high = _align(stack_low + opts.stack_size, 4)
+            stack_high = align(stack_low + opts.stack_size, 4)
             addr = stack_high
             tbase = 1  # slot 0 stays null: a null function pointer traps
         for i, image in enumerate(images):
@@ -517,23 +514,16 @@ class Planner:
                 continue
             if dl is None:
                 raise LoadError(f"{image.path}: not a shared library (no dylink.0 section)")
-            addr = _align(addr, dl.mem_align)
-            mem_bases.append(addr)
-            addr += dl.mem_size
-            tls = None
-            if "__wasm_init_tls" in image.info.exports:
-                size = image.export_value("__tls_size", 0, 0) or 0
-                align = image.export_value("__tls_align", 0, 0) or 1
-                addr = (addr + align - 1) // align * align
-                tls = addr
-                addr += size
-            tls_bases.append(tls)
+            placed = place_memory(image, addr)
+            mem_bases.append(placed.memory_base)
+            tls_bases.append(placed.tls_base)
+            addr = placed.end
             if addr > opts.max_memory:
                 raise LimitError(
                     f"{image.path}: needs {dl.mem_size} bytes of memory (dylink.0 MEM_INFO), "
                     f"which exceeds the memory limit of {opts.max_memory} bytes"
                 )
-            tbase = _align(tbase, dl.table_align)
+            tbase = place_table(image, tbase)
             table_bases.append(tbase)
             tbase += dl.table_size
             if tbase > 10_000_000:
@@ -541,7 +531,7 @@ class Planner:
                     f"{image.path}: needs {dl.table_size} table slots (dylink.0 MEM_INFO), "
                     "which exceeds the table limit of 10000000"
                 )
-        libraries_end = _align(addr, 4)
+        libraries_end = align(addr, 4)
         limits = [
             imp.desc
             for im in images
@@ -566,18 +556,15 @@ class Planner:
                 f"{images[0].path}: the program needs {pages} pages of memory, "
                 f"over the limit of {max_pages} pages"
             )
-        return {
-            "mem_bases": mem_bases,
-            "table_bases": table_bases,
-            "tls_bases": tls_bases,
-            "stack_low": stack_low,
-            "stack_high": stack_high,
-            "heap_base": heap_base,
-            "heap_end": heap_end,
-            "pages": pages,
-            "max_pages": max_pages,
-            "table_end": tbase,
-        }
+        return Layout(
+            mem_bases=tuple(mem_bases),
+            table_bases=tuple(table_bases),
+            tls_bases=tuple(tls_bases),
+            symbols=LayoutSymbols(stack_low, stack_high, heap_base, heap_end),
+            pages=pages,
+            max_pages=max_pages,
+            table_end=tbase,
+        )
 
 
 class _Resolver:
@@ -588,7 +575,7 @@ class _Resolver:
         images: list[ModuleImage],
         needed: list[list[int]],
         inst_order: list[int],
-        layout: dict,
+        layout: Layout,
         nonpie: bool,
         options: LinkOptions,
     ) -> None:
@@ -596,13 +583,13 @@ class _Resolver:
         self.needed = needed
         self.inst_order = inst_order
         self.inst_pos = {m: i for i, m in enumerate(inst_order)}
-        self.L = layout
+        self.layout = layout
         self.nonpie = nonpie
         self.options = options
         self.globals: list[PlannedGlobal] = []
         self.global_keys: dict[tuple, int] = {}
         self.table_fills: list[TableFill] = []
-        self.table_end: int = layout["table_end"]
+        self.table_end: int = layout.table_end
         self.canonical: dict[tuple[int, int], int] = {}
         self.plt: list[PltStub] = []
         self.plt_keys: dict[tuple, int] = {}
@@ -633,7 +620,7 @@ class _Resolver:
         for idx, image in enumerate(self.images):
             names = image.info.imported_global_names()
             env = {
-                g: self.L["table_bases"][idx]
+                g: self.layout.table_bases[idx]
                 for g, n in names.items()
                 if n == ("env", "__table_base")
             }
@@ -709,14 +696,7 @@ class _Resolver:
         return self.plt_keys[key]
 
     def _layout_value(self, mi: int, name: str) -> int:
-        L = self.L
-        return {
-            "__heap_base": L["heap_base"],
-            "__heap_end": L["heap_end"],
-            "__stack_low": L["stack_low"],
-            "__stack_high": L["stack_high"],
-            "__dso_handle": L["mem_bases"][mi],
-        }[name]
+        return self.layout.symbols.value(name, self.layout.mem_bases[mi])
 
     def _got_mem(self, mi: int, name: str, mutable: bool) -> int:
         image = self.images[mi]
@@ -730,10 +710,10 @@ class _Resolver:
             self._missing(image, name, "data")
             return self._global(("zero", mutable), mutable, 0)
         exporter = self.images[owner]
-        base = self.L["mem_bases"][owner]
-        tbase = self.L["table_bases"][owner]
+        base = self.layout.mem_bases[owner]
+        tbase = self.layout.table_bases[owner]
         if exporter.dylink is not None and exporter.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
-            tls = self.L["tls_bases"][owner]
+            tls = self.layout.tls_bases[owner]
             if tls is None:
                 raise LoadError(
                     f"{exporter.path}: TLS symbol {name} but the module has no __wasm_init_tls"
@@ -782,7 +762,7 @@ class _Resolver:
 
     def _env_global(self, mi: int, name: str, gt: GlobalType) -> Binding:
         image = self.images[mi]
-        L = self.L
+        L = self.layout
         if name == "__stack_pointer":
             if self.nonpie:
                 if "__stack_pointer" not in self.images[0].info.exports:
@@ -791,15 +771,13 @@ class _Resolver:
                         f"(needed by {image.display}; link it with --export=__stack_pointer)"
                     )
                 return BindExport(0, "__stack_pointer")
-            return BindGlobal(self._global(("sp",), True, L["stack_high"]))
+            return BindGlobal(self._global(("sp",), True, L.symbols.stack_high))
         if name == "__memory_base":
-            return BindGlobal(self._global(("mb", mi, gt.mutable), gt.mutable, L["mem_bases"][mi]))
+            return BindGlobal(self._global(("mb", mi, gt.mutable), gt.mutable, L.mem_bases[mi]))
         if name == "__table_base":
-            return BindGlobal(
-                self._global(("tb", mi, gt.mutable), gt.mutable, L["table_bases"][mi])
-            )
+            return BindGlobal(self._global(("tb", mi, gt.mutable), gt.mutable, L.table_bases[mi]))
         if name == "__tls_base":
-            tls = L["tls_bases"][mi] or 0
+            tls = L.tls_bases[mi] or 0
             return BindGlobal(self._global(("tls", mi, gt.mutable), gt.mutable, tls))
         if name in LAYOUT_SYMBOLS:
             return BindGlobal(self._got_mem(mi, name, gt.mutable))
@@ -868,15 +846,15 @@ class _Resolver:
         if not self.nonpie:
             # Always there, even when no load-time module imports it: a
             # library dlopen'ed later may.
-            self._global(("sp",), True, self.L["stack_high"])
+            self._global(("sp",), True, self.layout.symbols.stack_high)
         planned = []
         for mi, image in enumerate(self.images):
             planned.append(
                 PlannedModule(
                     image=image,
-                    memory_base=self.L["mem_bases"][mi],
-                    table_base=self.L["table_bases"][mi],
-                    tls_base=self.L["tls_bases"][mi],
+                    memory_base=self.layout.mem_bases[mi],
+                    table_base=self.layout.table_bases[mi],
+                    tls_base=self.layout.tls_bases[mi],
                     needed=tuple(self.needed[mi]),
                     binds=self._bind(mi),
                 )
@@ -897,13 +875,13 @@ class _Resolver:
             modules=planned,
             inst_order=self.inst_order,
             nonpie=self.nonpie,
-            memory_pages=self.L["pages"],
-            memory_max_pages=self.L["max_pages"],
+            memory_pages=self.layout.pages,
+            memory_max_pages=self.layout.max_pages,
             table_size=max([self.table_end, *table_imports]),
-            stack_low=self.L["stack_low"],
-            stack_high=self.L["stack_high"],
-            heap_base=self.L["heap_base"],
-            heap_end=self.L["heap_end"],
+            stack_low=self.layout.symbols.stack_low,
+            stack_high=self.layout.symbols.stack_high,
+            heap_base=self.layout.symbols.heap_base,
+            heap_end=self.layout.symbols.heap_end,
             globals=self.globals,
             table_fills=self.table_fills,
             plt=self.plt,
