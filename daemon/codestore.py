@@ -30,7 +30,7 @@ _SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_
 
 
 class CompileFailed(Exception):
-    """The bytes are not a module wasmtime accepts (its reason, one line)."""
+    """The bytes are not a module wasmtime accepts (wasmtime's own text)."""
 
 
 def sealed_memfd(name: str, data: bytes | bytearray) -> int:
@@ -87,7 +87,7 @@ class CodeStore:
             except wasmtime.WasmtimeError as e:
                 with self._lock:
                     self._digest_locks.pop(digest, None)
-                raise CompileFailed(_reason(e)) from None
+                raise CompileFailed(str(e)) from None  # the worker formats it, as in process
             payload = module.serialize()
             del module
             _trim_heap()  # compiling leaves tens of MB of freed heap behind
@@ -138,9 +138,3 @@ def _trim_heap() -> None:
 
 
 _malloc_trim: Any = None
-
-
-def _reason(error: Exception) -> str:
-    """wasmtime's message, its causes joined on one line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(line for line in lines if line != "Caused by:")

@@ -155,3 +155,58 @@ def test_the_sysroot_is_searched_last_through_the_daemon(corpus: Path, tmp_path:
         )
         assert (done.returncode, done.stdout) == (0, "hello, world\n"), done.stderr
         assert "run " in d.log() and "exit 0" in d.log()
+
+
+# -- the same answers as in process ----------------------------------------------------
+
+
+def _both(d: Daemon, *args: str) -> tuple[subprocess.CompletedProcess[str], ...]:
+    """``wasmrun ARGS`` through the daemon and with --no-daemon."""
+    env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+    out = []
+    for extra in ((), ("--no-daemon",)):
+        command = [sys.executable, "-m", "wasmrun.client.cli", args[0], *extra, *args[1:]]
+        out.append(
+            subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+        )
+    return tuple(out)
+
+
+def test_exits_traps_and_bad_modules_answer_alike_through_the_daemon(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """exit(N) in a constructor or a called function, a malformed module, a
+    module wasmtime rejects (its reason kept): the same line and status
+    through a worker as in process."""
+    import wasmtime
+
+    bad = bytearray((corpus / "hello.wasm").read_bytes())
+    bad[10] = 0x0A  # the dylink.0 name's length
+    (tmp_path / "bad.wasm").write_bytes(bad)
+    (tmp_path / "legacy.wasm").write_bytes(
+        wasmtime.wat2wasm(
+            '(module (memory (export "memory") 1) (tag $e)'
+            ' (func (export "_start") try nop catch $e end))'
+        )
+    )
+    lib = ("-L", str(corpus))
+    cases = [
+        (("run", *lib, str(corpus / "exitctormain.wasm")), 3, ""),
+        (("call", *lib, "libquit.so", "quit_with", "5"), 5, "exit(5) called during quit_with()"),
+        (("call", *lib, "libexitctor.so", "exitctor_never"), 3, "libexitctor.so"),
+        (("run", *lib, str(tmp_path / "bad.wasm")), 127, "no dylink.0 section"),
+        (("run", str(tmp_path / "legacy.wasm")), 127, "legacy_exceptions feature required"),
+        (("run", *lib, str(corpus / "trap.wasm")), 134, "wasm trap"),
+    ]
+    with start_daemon() as d:
+        for args, status, text in cases:
+            remote, local = _both(d, *args)
+            assert (remote.returncode, remote.stdout, remote.stderr) == (
+                local.returncode,
+                local.stdout,
+                local.stderr,
+            ), args
+            assert remote.returncode == status, (args, remote.stderr)
+            assert text in remote.stderr and "Traceback" not in remote.stderr
+        log = d.log()
+        assert log.count(" run ") + log.count(" dlopen ") >= len(cases)  # all went through it
