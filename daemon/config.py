@@ -23,6 +23,8 @@
     max_connections_per_uid = 64              # ... and per uid
     idle_timeout = 60.0                       # close a connection idle this long
     frame_timeout = 10.0                      # seconds to finish a started frame
+    max_file_size = 268435456                 # module files larger are refused unread
+    max_libraries = 1024                      # modules in one run, dlopens included
     user = "wasmrund"                         # a root daemon's front runs as this
                                               # user once the zygote is forked
                                               # (default: uid 0, no capabilities)
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from wasmrun.runtime.plan import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_LIBRARIES
 
 
 class ConfigError(Exception):
@@ -117,6 +120,8 @@ class DaemonConfig:
     idle_timeout: float = 60.0
     frame_timeout: float = 10.0
     user: str | int | None = None  # the front's user once the zygote is forked
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a module file larger is refused unread
+    max_libraries: int = DEFAULT_MAX_LIBRARIES  # modules in one run, dlopens included
 
     @property
     def effective_workers_per_uid(self) -> int:
@@ -271,6 +276,8 @@ _TOP = {
     "idle_timeout": _positive_number,
     "frame_timeout": _positive_number,
     "user": _user,
+    "max_file_size": _positive_int,
+    "max_libraries": _positive_int,
 }
 _LIMITS = {
     "timeout": _positive_number,

@@ -240,6 +240,8 @@ def _run(job: Job, msg: Run) -> Response:
     assert not isinstance(library_path, str) and not isinstance(preload, str)
     limits = effective_limits(job.config, msg.limits)
     options = LinkOptions(
+        max_file_size=job.config.max_file_size,
+        max_libraries=job.config.max_libraries,
         bind_now=msg.bind_now,
         max_memory=limits.memory or DEFAULT_MAX_MEMORY,
         preload=preload,
@@ -275,6 +277,8 @@ def _dlopen(job: Job, msg: Dlopen) -> Response:
         return Error(request_id=rid, kind="load", message=preload)
     limits = effective_limits(job.config, msg.limits)
     options = LinkOptions(
+        max_file_size=job.config.max_file_size,
+        max_libraries=job.config.max_libraries,
         bind_now=msg.bind_now,
         max_memory=limits.memory or DEFAULT_MAX_MEMORY,
         preload=preload,

@@ -38,6 +38,9 @@ from .zygote import KILL
 
 log = logging.getLogger("wasmrund")
 
+_COMPILES = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+"""Compilations at once in the front: one per core, whatever asks."""
+
 
 class AsyncChannel:
     """The front's end of a channel, over a trio socket."""
@@ -193,7 +196,7 @@ async def answer_code(channel: AsyncChannel, store: CodeStore, msg: dict[str, An
         await channel.send({"op": "code", "error": "malformed code request"})
         return
     try:
-        fd = await trio.to_thread.run_sync(store.code_for, data)
+        fd = await trio.to_thread.run_sync(store.code_for, data, limiter=_COMPILES)
     except CompileFailed as e:
         await channel.send({"op": "code", "error": str(e)})
         return

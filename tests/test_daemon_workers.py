@@ -210,3 +210,14 @@ def test_exits_traps_and_bad_modules_answer_alike_through_the_daemon(
             assert text in remote.stderr and "Traceback" not in remote.stderr
         log = d.log()
         assert log.count(" run ") + log.count(" dlopen ") >= len(cases)  # all went through it
+
+
+def test_the_configured_module_limits_hold_through_the_daemon(corpus: Path) -> None:
+    with start_daemon(config="max_file_size = 20000\n") as d:
+        done = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert done.returncode == 127, done
+        assert "over the limit of 20000 bytes for a module (max_file_size)" in done.stderr
+        assert "libc.so" in done.stderr
+    with start_daemon(config="max_libraries = 1\n") as d:
+        done = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert done.returncode == 127 and "max_libraries" in done.stderr, done.stderr
