@@ -518,6 +518,11 @@ def test_workers_hold_the_tenants_credentials_and_nothing_more(world: World) -> 
     assert fields["Groups"].split() == []
     assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0
     assert fields["NoNewPrivs"].strip() == "1"
+    # Not dumpable (the identity change saw to it): its /proc files stay
+    # root's, so the tenant cannot ptrace it or read its memory.
+    assert os.stat(f"/proc/{pid}/mem").st_uid == 0
+    denied = run_as(a, ["/bin/cat", f"/proc/{pid}/environ"], world.env())
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
 
 # -- stopping, scheduling, refusing ----------------------------------------------------
