@@ -57,7 +57,7 @@ def is_sealed(fd: int) -> bool:
 class CodeStore:
     """digest -> sealed memfd of serialized code, least recently used first
     out once the memfds pass ``budget_bytes``. Thread-safe: compiles run in
-    worker threads of the front."""
+    threads of the front."""
 
     def __init__(self, cache: ModuleCache, budget_bytes: int) -> None:
         self.cache = cache  # compiles, and reads/writes the disk cache

@@ -172,7 +172,7 @@ def _one_line(text: str) -> str:
 
 @attrs.define
 class Job:
-    """Everything one request needs in its worker thread."""
+    """Everything one request needs in its worker process."""
 
     runtime: Runtime
     config: DaemonConfig
