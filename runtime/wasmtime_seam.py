@@ -14,9 +14,9 @@ the missing internal and the supported versions, instead of an
 The internals, why each is used, and the public fallback where one exists:
 
 * ``wasmtime_instance_export_get`` through ``_ffi`` with ``Store._context()``
-  and ``Instance._instance`` (:func:`get_export`, :func:`fill_export`): one
+  and ``Instance._instance`` (:func:`get_export`, :func:`export_getter`): one
   export by name. ``Instance.exports(store)`` builds a Python object for
-  every export (~90 ms for libc.so's 1,700); ``fill_export`` even writes the
+  every export (~90 ms for libc.so's 1,700); ``export_getter`` even writes the
   extern straight into the import array wasmtime reads, with no Python
   object per import. Public fallback: ``Instance.exports(store)[name]``
   (slow), or ``Linker.define_instance`` then ``Linker.get`` (~0.25 µs per
@@ -44,6 +44,7 @@ import ctypes
 import importlib.metadata
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -185,9 +186,13 @@ def get_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) ->
     would cost ~90 ms)."""
     item = _I.extern_t()
     raw = name.encode("utf-8")
+    try:
+        ref = ctypes.byref(instance._instance)
+    except AttributeError:
+        raise incompatible("wasmtime.Instance._instance") from None
     ok = _I.ffi.wasmtime_instance_export_get(
         store._context(),
-        _instance_ref(instance),
+        ref,
         ctypes.create_string_buffer(raw),
         len(raw),
         ctypes.byref(item),
@@ -196,28 +201,22 @@ def get_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) ->
 
 
 def new_extern_array(n: int) -> ctypes.Array:
-    """An import array of ``n`` externs, for :func:`fill_export`."""
+    """An import array of ``n`` externs, for :func:`export_getter`."""
     return (_I.extern_t * n)()
 
 
-class ExportFiller:
-    """Writes exports of one store's instances into an import array, one C
-    call each: the per-import cost of a warm run (see recipe.py)."""
+def instance_ref(instance: wasmtime.Instance) -> Any:
+    """What an :func:`export_getter` takes for ``instance`` (compute once
+    per instance, not per import)."""
+    return _instance_ref(instance)
 
-    __slots__ = ("_ctx", "_export_get")
 
-    def __init__(self, store: wasmtime.Store) -> None:
-        self._ctx = store._context()
-        self._export_get = _I.export_get
-
-    @staticmethod
-    def instance_ref(instance: wasmtime.Instance) -> Any:
-        """What :meth:`fill` takes for ``instance`` (compute once per instance)."""
-        return _instance_ref(instance)
-
-    def fill(self, instance_ref: Any, name: bytes, address: int) -> bool:
-        """Write export ``name`` at ``address``; False if there is none."""
-        return bool(self._export_get(self._ctx, instance_ref, name, len(name), address))
+def export_getter(store: wasmtime.Store) -> Callable[[Any, bytes, int, int], bool]:
+    """``get(instance_ref, name, len(name), address)``: write export ``name``
+    of an instance of ``store`` at ``address`` of an import array; False if
+    there is none. One C call and no Python frame: it is the per-import cost
+    of a warm run (see recipe.py)."""
+    return partial(_I.export_get, store._context())
 
 
 def copy_func_extern(func: wasmtime.Func, address: int) -> None:
