@@ -34,16 +34,25 @@ import os
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import wasmtime
 
 from . import codegen
 from .cache import ModuleCache
-from .dylink import SYMBOL_TLS
+from .core import (
+    InitModule,
+    data_symbol_base,
+    dependency_order,
+    format_trap,
+    initialize,
+    to_wasmtime_functype,
+)
 from .errors import LoadError, WasmrunError, wasmtime_message
+from .layout import LAYOUT_SYMBOLS, PAGE, place_memory, place_table, signed_i32, tls_block
+from .limits import RunLimits
 from .module import ModuleImage
-from .plan import DYLD_FUNCTIONS, LAYOUT_SYMBOLS, PAGE, SCOPE_EXCLUDED
+from .plan import DYLD_FUNCTIONS, SCOPE_EXCLUDED, LinkPlan
 from .search import SearchPath
 from .wasmbin import (
     KIND_FUNC,
@@ -56,8 +65,34 @@ from .wasmbin import (
 )
 from .wasmtime_seam import get_export
 
-if TYPE_CHECKING:
-    from .instance import InstanceSet
+
+class LinkedRun(Protocol):
+    """What run-time loading needs from the instance set it loads into: its
+    plan, store, shared memory and table, limits, and the exports of the
+    generated instances (:class:`~.instance.InstanceSet` is one). dlopen
+    reaches no further into the run."""
+
+    plan: LinkPlan
+    store: wasmtime.Store
+    limits: RunLimits
+    instances: list[wasmtime.Instance | None]
+
+    @property
+    def memory(self) -> wasmtime.Memory: ...
+
+    @property
+    def table(self) -> wasmtime.Table: ...
+
+    def core_global(self, index: int) -> wasmtime.Global: ...
+
+    def core_tag(self, index: int) -> wasmtime.Tag: ...
+
+    def wasi_function(self, name: str) -> wasmtime.Func | None: ...
+
+    def plt_table(self) -> wasmtime.Table | None: ...
+
+    def generated_module(self, key: tuple, make: Callable[[], bytes]) -> wasmtime.Module: ...
+
 
 RTLD_LAZY = 1
 RTLD_NOW = 2
@@ -138,15 +173,10 @@ class _WeakHostCall:
         return getattr(loader, self._method)(*args)
 
 
-def _align(x: int, log2: int) -> int:
-    a = 1 << log2
-    return (x + a - 1) & ~(a - 1)
-
-
 class DynamicLinker:
     """Run-time loading for one instance set. Not thread-safe (one run)."""
 
-    def __init__(self, iset: InstanceSet, cache: ModuleCache, search: SearchPath) -> None:
+    def __init__(self, iset: LinkedRun, cache: ModuleCache, search: SearchPath) -> None:
         # Weak: the instance set owns this loader, not the other way round,
         # so dropping the instance set frees the run without waiting for gc.
         self._iset = weakref.ref(iset)
@@ -180,7 +210,7 @@ class DynamicLinker:
         self._register_lazy_from_plan()
 
     @property
-    def iset(self) -> InstanceSet:
+    def iset(self) -> LinkedRun:
         iset = self._iset()
         if iset is None:
             raise DlError("the run this loader belonged to is over", errno.EIO)
@@ -360,9 +390,7 @@ class DynamicLinker:
                 f"{m.image.display}: symbol {name} is a {vt} global, not a data address",
                 errno.ENOEXEC,
             )
-        base = m.memory_base
-        if m.image.dylink is not None and m.image.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
-            base = m.tls_base or 0
+        base = data_symbol_base(m.image, name, m.memory_base, m.tls_base) or 0
         value = m.image.export_value(name, base, m.table_base)
         if value is None:
             glob = self._export(owner, name)
@@ -483,7 +511,9 @@ class DynamicLinker:
                 i += 1
             # 2. Memory and table, instances, relocations, constructors.
             self._layout(new)
-            order = self._dfs_order(root, set(new))
+            order = dependency_order(
+                [m.needed for m in self.modules], (root, *sorted(new)), within=set(new)
+            )
             local = self._local_scope(root)
             self._instantiate_group(order, local, flags)
         except BaseException:
@@ -546,29 +576,6 @@ class DynamicLinker:
         new.append(mi)
         return mi
 
-    def _dfs_order(self, root: int, new: set[int]) -> list[int]:
-        """Dependencies first (post-order). Iterative: a recursive closure
-        refers to itself and to ``self``, a cycle that would keep this run
-        alive until the garbage collector runs."""
-        order: list[int] = []
-        seen: set[int] = set()
-        for start in (root, *sorted(new)):
-            if start in seen:
-                continue
-            seen.add(start)
-            stack = [(start, iter(self.modules[start].needed))]
-            while stack:
-                mi, deps = stack[-1]
-                for d in deps:
-                    if d in new and d not in seen:
-                        seen.add(d)
-                        stack.append((d, iter(self.modules[d].needed)))
-                        break
-                else:
-                    stack.pop()
-                    order.append(mi)
-        return order
-
     def _layout(self, new: list[int]) -> None:
         """Memory from a freed region or from growing memory; table slots
         from growing the table."""
@@ -578,13 +585,12 @@ class DynamicLinker:
             m = self.modules[mi]
             dl = m.image.dylink
             assert dl is not None
-            size = dl.mem_size
-            tls_size = tls_align = 0
-            if "__wasm_init_tls" in m.image.info.exports:
-                tls_size = m.image.export_value("__tls_size", 0, 0) or 0
-                tls_align = m.image.export_value("__tls_align", 0, 0) or 1
-            align = max(1 << dl.mem_align, tls_align or 1, 16)
-            need = size + tls_size + 2 * align
+            tls = tls_block(m.image)
+            tls_size, tls_align = (tls.size, tls.align) if tls is not None else (0, 1)
+            # Room for the region and the TLS block wherever the aligned
+            # bases fall (place_memory below puts them).
+            align = max(1 << dl.mem_align, tls_align, 16)
+            need = dl.mem_size + tls_size + 2 * align
             start = self._take_free(need)
             if start is None:
                 old = mem.size(store) * PAGE
@@ -603,11 +609,10 @@ class DynamicLinker:
                     ) from None
                 start = old
             m.region = (start, need)
-            m.memory_base = _align(start, dl.mem_align)
-            if tls_size:
-                m.tls_base = (m.memory_base + size + tls_align - 1) // tls_align * tls_align
+            placed = place_memory(m.image, start)
+            m.memory_base, m.tls_base = placed.memory_base, placed.tls_base
             t0 = table.size(store)
-            m.table_base = _align(t0, dl.table_align)
+            m.table_base = place_table(m.image, t0)
             grow = m.table_base + dl.table_size - t0
             if grow:
                 self._grow_table(grow, m.image.display)
@@ -646,9 +651,8 @@ class DynamicLinker:
         plt_fills: list[tuple[wasmtime.Table, int, FuncType, int | None, str, str]] = []
 
         def global_(mutable: bool, value: int) -> wasmtime.Global:
-            v = value & 0xFFFFFFFF
-            v = v - (1 << 32) if v & 0x80000000 else v
-            return wasmtime.Global(store, wasmtime.GlobalType(i32, mutable), wasmtime.Val.i32(v))
+            v = wasmtime.Val.i32(signed_i32(value))
+            return wasmtime.Global(store, wasmtime.GlobalType(i32, mutable), v)
 
         for mi in order:
             m = self.modules[mi]
@@ -722,8 +726,6 @@ class DynamicLinker:
             except wasmtime.Trap as e:
                 if image.info.start is not None:
                     raise  # the start function's own trap: the guest's
-                from .instance import format_trap
-
                 raise DlError(  # no guest code ran: its segments did not fit
                     f"{image.display}: cannot instantiate: {format_trap(e).message}",
                     errno.ENOEXEC,
@@ -744,19 +746,12 @@ class DynamicLinker:
                 table.set(store, k, self._trap(ft, msg))
                 self.lazy.setdefault(name, []).append((table, k, ft))
 
+        inits = []
         for mi in order:
             m = self.modules[mi]
-            if m.tls_base is not None:
-                self._export(mi, "__wasm_init_tls")(store, m.tls_base)
-        for mi in order:
-            if "__wasm_apply_data_relocs" in self.modules[mi].image.info.exports:
-                self._export(mi, "__wasm_apply_data_relocs")(store)
-        for mi in order:
-            exports = self.modules[mi].image.info.exports
-            for init in ("__wasm_call_ctors", "_initialize"):
-                if init in exports:
-                    self._export(mi, init)(store)
-                    break
+            assert m.instance is not None
+            inits.append(InitModule(m.image, m.instance, m.tls_base))
+        initialize(store, inits)
 
     def _got_func(
         self,
@@ -814,14 +809,7 @@ class DynamicLinker:
         raise DlError(f"{m.image.display}: cannot resolve global import env.{name}", errno.ENOEXEC)
 
     def _layout_value(self, m: DynModule, name: str) -> int:
-        plan = self.iset.plan
-        return {
-            "__heap_base": plan.heap_base,
-            "__heap_end": plan.heap_end,
-            "__stack_low": plan.stack_low,
-            "__stack_high": plan.stack_high,
-            "__dso_handle": m.dso_handle,
-        }[name]
+        return self.iset.plan.layout_symbols.value(name, m.dso_handle)
 
     def _got_mem(self, m: DynModule, name: str, local: list[int], weak: bool, missing: list) -> int:
         if name in LAYOUT_SYMBOLS:
@@ -839,9 +827,7 @@ class DynamicLinker:
                 errno.ENOEXEC,
             )
         if om.instance is None:  # within the group: laid out already, value is static
-            base = om.memory_base
-            if om.image.dylink is not None and om.image.dylink.is_tls_export(name):
-                base = om.tls_base or 0
+            base = data_symbol_base(om.image, name, om.memory_base, om.tls_base) or 0
             value = om.image.export_value(name, base, om.table_base)
             if value is None:
                 raise DlError(f"{om.image.display}: cannot compute the address of {name}")
@@ -863,15 +849,11 @@ class DynamicLinker:
         for i, (tag_name, tag_type) in enumerate(plan.tags):
             if tag_name == name and tag_type == ft:
                 return self.iset.core_tag(i)
-        from .instance import to_wasmtime_functype
-
         tag = wasmtime.Tag(self.store, wasmtime.TagType(to_wasmtime_functype(ft)))
         self._keep.append(tag)
         return tag
 
     def _trap(self, ft: FuncType, message: str) -> wasmtime.Func:
-        from .instance import to_wasmtime_functype
-
         def trap(*_a):
             raise wasmtime.Trap(message)
 

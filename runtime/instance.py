@@ -16,14 +16,14 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import wasmtime
 
 from . import codegen
+from .core import InitModule, format_trap, initialize, trap_reason
+from .dlopen import DynamicLinker
 from .errors import (
     GuestExit,
-    GuestTrap,
     LimitError,
     LoadError,
     RunInterrupted,
@@ -31,6 +31,7 @@ from .errors import (
     WasmrunError,
     wasmtime_message,
 )
+from .layout import signed_i32
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
 from .recipe import (
@@ -43,36 +44,15 @@ from .recipe import (
     Source,
     recipe_for,
 )
-from .wasmbin import FuncType
 from .wasmtime_seam import (
     EXTERN_SIZE,
-    ExportFiller,
     copy_func_extern,
+    export_getter,
     get_export,
+    instance_ref,
     new_extern_array,
     new_instance,
 )
-
-if TYPE_CHECKING:
-    from .dlopen import DynamicLinker
-
-_VALTYPES = {
-    0x7F: wasmtime.ValType.i32,
-    0x7E: wasmtime.ValType.i64,
-    0x7D: wasmtime.ValType.f32,
-    0x7C: wasmtime.ValType.f64,
-    0x70: wasmtime.ValType.funcref,
-    0x6F: wasmtime.ValType.externref,
-}
-
-
-def to_wasmtime_functype(ft: FuncType) -> wasmtime.FuncType:
-    try:
-        return wasmtime.FuncType(
-            [_VALTYPES[p[0]]() for p in ft.params], [_VALTYPES[r[0]]() for r in ft.results]
-        )
-    except KeyError:
-        raise LoadError(f"unsupported value type in signature {ft}") from None
 
 
 class GeneratedModules:
@@ -132,34 +112,6 @@ def make_host_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
         access_caller=True,
     )
     return linker
-
-
-def _trap_reason(text: str) -> str:
-    """The cause of a trap, without wasmtime's embedded backtrace."""
-    if "Caused by:" in text:
-        causes = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
-        if causes:
-            reason = causes[-1]
-            return reason.removeprefix("wasm trap: ")
-    first = text.strip().splitlines()[0] if text.strip() else "trap"
-    return first.removeprefix("wasm trap: ")
-
-
-def format_trap(err: BaseException) -> GuestTrap:
-    """A wasmtime trap (or runtime error) as its reason plus a wasm backtrace."""
-    text = err.message if isinstance(err, wasmtime.Trap) else str(err)
-    frames: list[str] = []
-    if isinstance(err, wasmtime.Trap):
-        for fr in err.frames:
-            fn = fr.func_name or f"<func {fr.func_index}>"
-            mod = fr.module_name or "<module>"
-            frames.append(f"{mod}!{fn} (offset {fr.module_offset:#x})")
-    else:
-        for ln in text.splitlines():
-            head, sep, where = ln.strip().partition(" - ")
-            if sep and head.split(":")[0].isdigit():
-                frames.append(f"{where} (offset {head.split()[-1]})")
-    return GuestTrap(_trap_reason(text), frames)
 
 
 class InstanceSet:
@@ -309,7 +261,7 @@ class InstanceSet:
             return WasmrunError(f"internal error: {type(err).__name__}: {err}")
         reason = self.control.reason if self.control is not None else None
         if reason is not None:
-            return RunInterrupted(reason, _trap_reason(str(err)))
+            return RunInterrupted(reason, trap_reason(str(err)))
         trap = format_trap(err)
         if self.limits.fuel is not None and "all fuel consumed" in trap.message:
             return RunInterrupted("fuel", f"run ran out of fuel ({self.limits.fuel} units)")
@@ -352,14 +304,12 @@ class InstanceSet:
         for gi, owner, name, base in r.late_globals:
             glob = get_export(store, self.module_instance(owner), name)
             core_g = get_export(store, self._source(SRC_CORE), f"g{gi}")
-            core_g.set_value(store, wasmtime.Val.i32(_signed(glob.value(store) + base)))
+            core_g.set_value(store, wasmtime.Val.i32(signed_i32(glob.value(store) + base)))
 
     @property
     def dynamic(self):
         """The run-time loader (guest dlopen) of this instance set."""
         if self._dynamic is None:
-            from .dlopen import DynamicLinker
-
             if self._loader is None:
                 raise LoadError("this instance set was created without a loader")
             self._dynamic = DynamicLinker(self, *self._loader)
@@ -432,11 +382,10 @@ class InstanceSet:
         """One ``export_get`` per import, written straight into the array
         wasmtime reads: no Python object and no symbol resolution per import."""
         arr = new_extern_array(len(sources))
-        filler = ExportFiller(self.store)
-        fill = filler.fill
+        export_get = export_getter(self.store)
         addr = ctypes.addressof(arr)
         refs = {
-            slot: filler.instance_ref(self._source(slot))
+            slot: instance_ref(self._source(slot))
             for slot in {slot for slot, _ in sources}
             if slot >= 0
         }
@@ -448,7 +397,7 @@ class InstanceSet:
                     func = self.dynamic.host_function(name.decode())
                 assert isinstance(func, wasmtime.Func)
                 copy_func_extern(func, addr)
-            elif not fill(refs[slot], name, addr):
+            elif not export_get(refs[slot], name, len(name), addr):
                 raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
             addr += EXTERN_SIZE
         return arr
@@ -539,25 +488,25 @@ class InstanceSet:
         self.timings["init"] = time.perf_counter() - t0
 
     def _initialize(self) -> None:
-        plan, store = self.plan, self.store
-        for mi in plan.inst_order:
-            pm = plan.modules[mi]
-            if pm.tls_base is not None:
-                self._running = f"TLS set-up of {pm.image.display}"
-                init_tls = get_export(store, self.module_instance(mi), "__wasm_init_tls")
-                init_tls(store, pm.tls_base)
-        for mi in plan.inst_order:
-            f = self._own_export(mi, "__wasm_apply_data_relocs")
-            if f is not None:
-                self._running = f"data relocation of {plan.modules[mi].image.display}"
-                f(store)
-        for mi in plan.inst_order:
-            if mi == plan.root and plan.modules[mi].image.is_executable:
-                continue  # _start runs the program's own constructors
-            f = self._own_export(mi, "__wasm_call_ctors") or self._own_export(mi, "_initialize")
-            if f is not None:
-                self._running = f"constructor of {plan.modules[mi].image.display}"
-                f(store)
+        plan = self.plan
+
+        def running(what: str) -> None:
+            self._running = what
+
+        initialize(
+            self.store,
+            [
+                InitModule(
+                    plan.modules[mi].image,
+                    self.module_instance(mi),
+                    plan.modules[mi].tls_base,
+                    # A program's _start runs its own constructors.
+                    constructors=not (mi == plan.root and plan.modules[mi].image.is_executable),
+                )
+                for mi in plan.inst_order
+            ],
+            running,
+        )
 
     def _own_export(self, mi: int, name: str) -> wasmtime.Func | None:
         if name not in self.plan.modules[mi].image.info.exports:
@@ -634,8 +583,3 @@ def _drop_tracebacks(err: BaseException | None) -> None:
         err.__traceback__ = None
         err = err.__context__
         seen += 1
-
-
-def _signed(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v

@@ -19,7 +19,7 @@ from typing import Final, NamedTuple
 import attrs
 
 from .cache import ModuleCache
-from .dylink import SYMBOL_TLS
+from .core import data_symbol_base, dependency_order
 from .errors import LimitError, LoadError, SymbolError
 from .layout import (
     LAYOUT_SYMBOLS,
@@ -250,6 +250,11 @@ class LinkPlan:
     def root_module(self) -> PlannedModule:
         return self.modules[self.root]
 
+    @property
+    def layout_symbols(self) -> LayoutSymbols:
+        """The layout symbols' values, for libraries loaded at run time."""
+        return LayoutSymbols(self.stack_low, self.stack_high, self.heap_base, self.heap_end)
+
 
 def _file_key(path: str) -> tuple[int, int] | str:
     try:
@@ -381,30 +386,6 @@ class Loader:
         return pre
 
 
-def _instantiation_order(needed: list[list[int]], roots: Sequence[int]) -> list[int]:
-    """Dependencies first (DFS post-order); a cycle's back-edge goes via PLT."""
-    order: list[int] = []
-    state: dict[int, int] = {}
-    for root in roots:
-        if root in state:
-            continue
-        stack = [(root, 0)]
-        state[root] = 1
-        while stack:
-            node, k = stack.pop()
-            deps = needed[node]
-            if k < len(deps):
-                stack.append((node, k + 1))
-                d = deps[k]
-                if d not in state:
-                    state[d] = 1
-                    stack.append((d, 0))
-            else:
-                state[node] = 2
-                order.append(node)
-    return order
-
-
 def _check_nonpie_root(image: ModuleImage, has_libraries: bool) -> None:
     """A main that is not position-independent defines the memory and table
     everyone shares; it cannot also import them (there would be nothing to
@@ -461,10 +442,10 @@ class Planner:
         # A plain WASI program (no dylink.0) defines its memory like a non-PIE main.
         nonpie = images[root].kind in ("nonpie", "plain")
         if nonpie:
-            rest = _instantiation_order(loader.needed, [*preload, *loader.needed[root]])
+            rest = dependency_order(loader.needed, [*preload, *loader.needed[root]])
             inst_order = [root, *(i for i in rest if i != root)]
         else:
-            inst_order = _instantiation_order(loader.needed, [*preload, root])
+            inst_order = dependency_order(loader.needed, [*preload, root])
         if nonpie:
             _check_nonpie_root(images[root], len(images) > 1)
         layout = self._layout(images, nonpie)
@@ -710,17 +691,14 @@ class _Resolver:
             self._missing(image, name, "data")
             return self._global(("zero", mutable), mutable, 0)
         exporter = self.images[owner]
-        base = self.layout.mem_bases[owner]
-        tbase = self.layout.table_bases[owner]
-        if exporter.dylink is not None and exporter.dylink.export_flags.get(name, 0) & SYMBOL_TLS:
-            tls = self.layout.tls_bases[owner]
-            if tls is None:
-                raise LoadError(
-                    f"{exporter.path}: TLS symbol {name} but the module has no __wasm_init_tls"
-                )
-            value = exporter.export_value(name, tls, tbase)
-        else:
-            value = exporter.export_value(name, base, tbase)
+        base = data_symbol_base(
+            exporter, name, self.layout.mem_bases[owner], self.layout.tls_bases[owner]
+        )
+        if base is None:
+            raise LoadError(
+                f"{exporter.path}: TLS symbol {name} but the module has no __wasm_init_tls"
+            )
+        value = exporter.export_value(name, base, self.layout.table_bases[owner])
         if value is None:
             return self._global(("late", name, mutable), mutable, 0, late=(owner, name))
         return self._global(("GOT.mem", name, mutable), mutable, value)

@@ -1,0 +1,189 @@
+"""The linking core: the phases that loading a program and guest ``dlopen``
+both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
+
+* **Closure and order** (:func:`dependency_order`): dependencies first, a
+  cycle's back-edge left to a PLT.
+* **Layout** (:mod:`.layout`): where a module's data, TLS block and table
+  slots go, and the layout symbols.
+* **Symbol values** (:func:`data_symbol_base`): what a data symbol's address
+  is relative to (its module's ``__memory_base``, or its TLS block).
+* **Initialisation** (:func:`initialize`): TLS set-up, then data relocations
+  of every module, then constructors, dependencies first.
+
+The start-up path (:mod:`.plan`, :mod:`.instance`) runs these phases once
+per program and caches what it can; :mod:`.dlopen` runs them on the running
+instance set for each library the guest loads, through the narrow view of
+the run that :class:`~.dlopen.LinkedRun` describes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+import attrs
+import wasmtime
+
+from .errors import GuestTrap, LoadError
+from .module import ModuleImage
+from .wasmbin import FuncType
+from .wasmtime_seam import get_export
+
+# -- closure and order ------------------------------------------------------------
+
+
+def dependency_order(
+    needed: Sequence[Sequence[int]],
+    roots: Sequence[int],
+    within: Collection[int] | None = None,
+) -> list[int]:
+    """Modules in dependency order (DFS post-order from each root in turn,
+    dependencies in NEEDED order): a module comes after what it needs,
+    except along a cycle's back-edge (bound through a PLT). With ``within``,
+    only those modules are visited (dlopen: the libraries not loaded yet).
+
+    Iterative: a NEEDED chain may be longer than the recursion limit."""
+    order: list[int] = []
+    seen: set[int] = set()
+    for root in roots:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, 0)]
+        while stack:
+            node, k = stack.pop()
+            deps = needed[node]
+            if k < len(deps):
+                stack.append((node, k + 1))
+                d = deps[k]
+                if d not in seen and (within is None or d in within):
+                    seen.add(d)
+                    stack.append((d, 0))
+            else:
+                order.append(node)
+    return order
+
+
+# -- symbol values -----------------------------------------------------------------
+
+
+def data_symbol_base(
+    image: ModuleImage, name: str, memory_base: int, tls_base: int | None
+) -> int | None:
+    """What the exported data symbol ``name`` is relative to: the module's
+    TLS block for a TLS symbol (None if the module has none), else its
+    ``__memory_base``."""
+    if image.dylink is not None and image.dylink.is_tls_export(name):
+        return tls_base
+    return memory_base
+
+
+# -- initialisation ------------------------------------------------------------------
+
+
+@attrs.frozen
+class InitModule:
+    """One instantiated module to initialise. ``constructors=False`` for a
+    program, whose ``_start`` runs its own constructors."""
+
+    image: ModuleImage
+    instance: wasmtime.Instance
+    tls_base: int | None
+    constructors: bool = True
+
+
+def _own_func(store: wasmtime.Store, m: InitModule, name: str) -> wasmtime.Func | None:
+    if name not in m.image.info.exports:
+        return None
+    f = get_export(store, m.instance, name)
+    return f if isinstance(f, wasmtime.Func) else None
+
+
+def _nothing(_what: str) -> None:
+    return None
+
+
+def initialize(
+    store: wasmtime.Store,
+    modules: Sequence[InitModule],
+    running: Callable[[str], None] = _nothing,
+) -> None:
+    """TLS set-up (``__wasm_init_tls``) of every module that has a TLS
+    block, then ``__wasm_apply_data_relocs`` of every module, then
+    constructors (``__wasm_call_ctors``, else ``_initialize``), each phase
+    in the given (dependency) order: relocations must all be applied before
+    any constructor runs, since a constructor may read any module's data.
+
+    ``running`` is told what guest code is about to run (for the message of
+    an ``exit()`` or a trap)."""
+    for m in modules:
+        if m.tls_base is not None:
+            init_tls = _own_func(store, m, "__wasm_init_tls")
+            if init_tls is None:
+                raise LoadError(f"{m.image.display}: has a TLS block but no __wasm_init_tls")
+            running(f"TLS set-up of {m.image.display}")
+            init_tls(store, m.tls_base)
+    for m in modules:
+        f = _own_func(store, m, "__wasm_apply_data_relocs")
+        if f is not None:
+            running(f"data relocation of {m.image.display}")
+            f(store)
+    for m in modules:
+        if not m.constructors:
+            continue
+        f = _own_func(store, m, "__wasm_call_ctors") or _own_func(store, m, "_initialize")
+        if f is not None:
+            running(f"constructor of {m.image.display}")
+            f(store)
+
+
+# -- types -----------------------------------------------------------------------------
+
+_VALTYPES = {
+    0x7F: wasmtime.ValType.i32,
+    0x7E: wasmtime.ValType.i64,
+    0x7D: wasmtime.ValType.f32,
+    0x7C: wasmtime.ValType.f64,
+    0x70: wasmtime.ValType.funcref,
+    0x6F: wasmtime.ValType.externref,
+}
+
+
+def to_wasmtime_functype(ft: FuncType) -> wasmtime.FuncType:
+    """A decoded signature as wasmtime's (for host functions and tags)."""
+    try:
+        return wasmtime.FuncType(
+            [_VALTYPES[p[0]]() for p in ft.params], [_VALTYPES[r[0]]() for r in ft.results]
+        )
+    except KeyError:
+        raise LoadError(f"unsupported value type in signature {ft}") from None
+
+
+# -- traps ------------------------------------------------------------------------------
+
+
+def trap_reason(text: str) -> str:
+    """The cause of a trap, without wasmtime's embedded backtrace."""
+    if "Caused by:" in text:
+        causes = [ln.strip() for ln in text.split("Caused by:", 1)[1].splitlines() if ln.strip()]
+        if causes:
+            reason = causes[-1]
+            return reason.removeprefix("wasm trap: ")
+    first = text.strip().splitlines()[0] if text.strip() else "trap"
+    return first.removeprefix("wasm trap: ")
+
+
+def format_trap(err: BaseException) -> GuestTrap:
+    """A wasmtime trap (or runtime error) as its reason plus a wasm backtrace."""
+    text = err.message if isinstance(err, wasmtime.Trap) else str(err)
+    frames: list[str] = []
+    if isinstance(err, wasmtime.Trap):
+        for fr in err.frames:
+            fn = fr.func_name or f"<func {fr.func_index}>"
+            mod = fr.module_name or "<module>"
+            frames.append(f"{mod}!{fn} (offset {fr.module_offset:#x})")
+    else:
+        for ln in text.splitlines():
+            head, sep, where = ln.strip().partition(" - ")
+            if sep and head.split(":")[0].isdigit():
+                frames.append(f"{where} (offset {head.split()[-1]})")
+    return GuestTrap(trap_reason(text), frames)
