@@ -69,13 +69,14 @@ from .identity import Identity
 from .peer import Peer, peer_of
 from .scheduler import Busy, Scheduler
 from .systemd import listen_fds, notify
-from .workers import SpawnFailed, Stop, WorkerDied
+from .workers import SpawnFailed, Stop, WorkerDied, WorkerGone
 
 log = logging.getLogger("wasmrund")
 
 SERVER_NAME = "wasmrund 0.2.0"
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _MAX_INFLIGHT = 64  # requests one connection may have running or queued
+_WORKER_TRIES = 3  # workers found dead while idle before a request gives up
 
 
 class ListenError(Exception):
@@ -467,9 +468,20 @@ class _Inflight:
         self.scope = trio.CancelScope()
         self.stop = Stop()
         self.reason = "cancelled"
+        self.cancelled = False
+
+    def wait_scope(self) -> trio.CancelScope:
+        """A new scope for one wait for a worker (a request may wait again
+        when the worker it got had died), cancelled already if the request
+        was."""
+        self.scope = trio.CancelScope()
+        if self.cancelled:
+            self.scope.cancel()
+        return self.scope
 
     def cancel(self, reason: str) -> None:
         self.reason = reason
+        self.cancelled = True
         self.stop.cancel(reason)
         self.scope.cancel()
 
@@ -730,15 +742,35 @@ class _ConnectionHandler:
         server = self.server
         rid = msg.request_id
         timeout = _timeout_of(server.config, msg)
+        for _ in range(_WORKER_TRIES):
+            answer = await self._run_on_a_worker(msg, payload, roles, fds, job, timeout)
+            if answer is not None:
+                return answer
+        return Error(request_id=rid, kind="internal", message="no worker could take the request")
+
+    async def _run_on_a_worker(
+        self,
+        msg: Run | Dlopen | Preload,
+        payload: bytes,
+        roles: list[str],
+        fds: list[int],
+        job: _Inflight,
+        timeout: float | None,
+    ) -> Response | None:
+        """The response, or None if the worker given was already dead (it
+        died while idle: another one gets the request)."""
+        server = self.server
+        rid = msg.request_id
+        wait = job.wait_scope()
         try:
-            with job.scope:  # cancelled: stop waiting for a worker
+            with wait:  # cancelled: stop waiting for a worker
                 worker = await server.scheduler.acquire(self.identity)
         except Busy as e:
             server.counters["daemon.busy"] += 1
             return Error(request_id=rid, kind="busy", message=str(e))
         except SpawnFailed as e:
             return Error(request_id=rid, kind="internal", message=f"cannot start a worker: {e}")
-        if job.scope.cancelled_caught:
+        if wait.cancelled_caught:
             return _stopped(rid, job.reason, timeout)
         stopped: list[str] = []
         server.counters["daemon.active"] += 1
@@ -754,6 +786,12 @@ class _ConnectionHandler:
                 server.config.kill_grace,
                 stopped.append,
             )
+        except WorkerGone:
+            server.counters["daemon.worker_deaths"] += 1
+            log.warning(
+                "worker %d (%s) had died while idle", worker.pid, worker.identity.describe()
+            )
+            return None
         except WorkerDied as e:
             if stopped:
                 server.counters["daemon.killed"] += 1

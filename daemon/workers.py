@@ -101,6 +101,11 @@ class WorkerDied(Exception):
     """The worker ended before answering (killed, crashed, out of memory)."""
 
 
+class WorkerGone(WorkerDied):
+    """The worker was dead before it got the job (it died while idle): the
+    request can go to another worker."""
+
+
 class SpawnFailed(Exception):
     """The zygote could not start a worker (one line)."""
 
@@ -258,7 +263,7 @@ class Worker:
             )
         except ChannelError as e:
             self.alive = False
-            raise WorkerDied(str(e)) from None
+            raise WorkerGone(str(e)) from None
         with stop.scope:
             return await self._serve_until_done(store)
         reason = stop.why()

@@ -221,3 +221,13 @@ def test_the_configured_module_limits_hold_through_the_daemon(corpus: Path) -> N
     with start_daemon(config="max_libraries = 1\n") as d:
         done = _cli(d, corpus, str(corpus / "hello.wasm"))
         assert done.returncode == 127 and "max_libraries" in done.stderr, done.stderr
+
+
+def test_a_worker_that_died_while_idle_costs_no_request(corpus: Path) -> None:
+    with start_daemon() as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        [worker] = _workers(d)
+        os.kill(worker, signal.SIGKILL)
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n"), hello.stderr
+        assert "had died while idle" in d.log()
