@@ -132,7 +132,10 @@ class Zygote:
     async def start(self, store: CodeStore) -> list[str]:
         """Serve the zygote's code requests until it is ready; its preloads."""
         while True:
-            msg, fds = await self.channel.receive()
+            try:
+                msg, fds = await self.channel.receive()
+            except ChannelError:
+                raise SpawnFailed("the zygote exited while starting (see the log)") from None
             op = msg["op"]
             if op == "code":
                 await answer_code(self.channel, store, msg)

@@ -125,6 +125,10 @@ def _main(
     except LoadError as e:
         channel.send({"op": "failed", "message": f"preload: {e}"})
         return
+    except Exception as e:  # a bug: say so in one line (the log has the rest)
+        log.exception("zygote: preload failed")
+        channel.send({"op": "failed", "message": f"preload: internal error: {e}"})
+        return
     channel.send({"op": "ready", "loaded": loaded})
     # Everything built so far is shared with every worker: moved out of the
     # collector's reach, its pages are not copied into each worker when a
