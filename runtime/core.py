@@ -5,8 +5,11 @@ both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
   cycle's back-edge left to a PLT.
 * **Layout** (:mod:`.layout`): where a module's data, TLS block and table
   slots go, and the layout symbols.
-* **Symbol values** (:func:`data_symbol_base`): what a data symbol's address
-  is relative to (its module's ``__memory_base``, or its TLS block).
+* **Symbol resolution** (:func:`resolve_function`, :func:`data_symbol_base`,
+  :func:`module_global_value`, :func:`check_data_export`): how a function
+  import binds (directly, through a PLT slot, to a weak trap, or not at
+  all), what a data symbol's address is relative to, the values of a
+  module's own ``env`` globals; with the messages for what goes wrong.
 * **Initialisation** (:func:`initialize`): TLS set-up, then data relocations
   of every module, then constructors, dependencies first.
 
@@ -18,12 +21,14 @@ the run that :class:`~.dlopen.LinkedRun` describes.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Collection, Sequence
 
 import attrs
 import wasmtime
 
-from .errors import GuestTrap, LoadError
+from .errors import GuestTrap, LoadError, SymbolError
+from .layout import LAYOUT_SYMBOLS, LayoutSymbols
 from .module import ModuleImage
 from .wasmbin import FuncType
 from .wasmtime_seam import get_export
@@ -75,6 +80,94 @@ def data_symbol_base(
     if image.dylink is not None and image.dylink.is_tls_export(name):
         return tls_base
     return memory_base
+
+
+# -- symbol resolution -------------------------------------------------------------
+
+
+def module_global_value(
+    name: str,
+    memory_base: int,
+    table_base: int,
+    tls_base: int | None,
+    symbols: LayoutSymbols,
+) -> int | None:
+    """The value the linker gives a module's own ``env`` global import:
+    ``__memory_base``, ``__table_base``, ``__tls_base`` (0 without a TLS
+    block) or a layout symbol; None for any other name (the stack pointer
+    and other modules' globals are bound, not computed)."""
+    if name == "__memory_base":
+        return memory_base
+    if name == "__table_base":
+        return table_base
+    if name == "__tls_base":
+        return tls_base or 0
+    if name in LAYOUT_SYMBOLS:
+        return symbols.value(name, memory_base)
+    return None
+
+
+def check_data_export(importer: ModuleImage, name: str, owner: ModuleImage) -> None:
+    """A data symbol must be an i32 global (an address), not another global."""
+    vt = owner.global_export_type(name)
+    if vt != "i32":
+        raise SymbolError(
+            f"{importer.display}: symbol {name} is imported as data but "
+            f"{owner.display} exports it as a {vt} global, not an address"
+        )
+
+
+class FuncHow(enum.Enum):
+    """How a function import binds."""
+
+    DIRECT = "direct"  # to the definer's instance: a plain wasm call
+    DEFERRED = "deferred"  # the definer is not instantiated yet: a PLT slot
+    WEAK = "weak"  # weak and undefined: a function that traps if called
+    UNDEFINED = "undefined"  # missing: an error now (bind-now) or a lazy PLT trap
+
+
+@attrs.frozen
+class FunctionResolution:
+    """How one function import resolves."""
+
+    how: FuncHow
+    owner: int | None = None
+    message: str = ""  # the trap's text (weak) or the error (undefined)
+
+
+def resolve_function(
+    importer: ModuleImage,
+    name: str,
+    ft: FuncType,
+    owner: int | None,
+    owner_image: ModuleImage | None,
+    owner_ready: bool,
+) -> FunctionResolution:
+    """Resolve a function import to its definer ``owner`` (None: the scope
+    has none), which is ``owner_ready`` if already instantiated. A type
+    mismatch is a :class:`SymbolError` showing both types."""
+    if owner is None or owner_image is None:
+        weak = importer.dylink is not None and importer.dylink.is_weak_import("env", name)
+        if weak:
+            return FunctionResolution(
+                FuncHow.WEAK,
+                message=f"call to undefined weak function {name} (imported by {importer.display})",
+            )
+        return FunctionResolution(
+            FuncHow.UNDEFINED, message=f"{importer.display}: undefined symbol: {name} (function)"
+        )
+    eft = owner_image.info.func_type(owner_image.info.exports[name].index)
+    if eft != ft:
+        raise SymbolError(
+            f"{importer.display}: symbol {name} has type {ft} but "
+            f"{owner_image.display} defines it as {eft}"
+        )
+    return FunctionResolution(FuncHow.DIRECT if owner_ready else FuncHow.DEFERRED, owner)
+
+
+def lazy_trap_message(importer_display: str, name: str) -> str:
+    """What calling a missing, lazily bound function says."""
+    return f"symbol lookup error: {importer_display}: undefined symbol: {name} (called lazily)"
 
 
 # -- initialisation ------------------------------------------------------------------

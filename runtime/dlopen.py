@@ -14,11 +14,14 @@ The guest reaches this through the host module ``dyld`` (see
 Return values are 0 for success or an errno value; the text of the last
 failure is kept for ``error`` (dlerror).
 
-What happens on load mirrors ld.so: the library and the NEEDED libraries not
-yet loaded are laid out in memory taken by *growing* the memory (never memory
-the program's allocator owns, and never assuming the size is unchanged since
-start), instantiated dependencies first, their GOT and PLT filled, data
-relocations applied and constructors run. Symbols resolve through the global
+What happens on load mirrors ld.so, and runs the linking core's phases
+(:mod:`.core`, :mod:`.layout`) that start-up runs too: the library and the
+NEEDED libraries not yet loaded are laid out in memory taken by *growing*
+the memory (never memory the program's allocator owns, and never assuming
+the size is unchanged since start), instantiated dependencies first, their
+GOT and PLT filled, data relocations applied and constructors run. What is
+this module's own: handles and reference counts, scopes, dlclose, dladdr,
+dlerror. Symbols resolve through the global
 scope (the program, its load-time libraries, RTLD_GLOBAL libraries) and then
 the library's own dependency tree. RTLD_LOCAL libraries stay out of the
 global scope. An RTLD_GLOBAL library can satisfy lazily bound functions that
@@ -41,11 +44,16 @@ import wasmtime
 from . import codegen
 from .cache import ModuleCache
 from .core import (
+    FuncHow,
     InitModule,
+    check_data_export,
     data_symbol_base,
     dependency_order,
     format_trap,
     initialize,
+    lazy_trap_message,
+    module_global_value,
+    resolve_function,
     to_wasmtime_functype,
 )
 from .errors import LoadError, WasmrunError, wasmtime_message
@@ -686,23 +694,23 @@ class DynamicLinker:
                         externs.append(self._atexit_func())
                         continue
                     owner = self._lookup(name, local, KIND_FUNC)
-                    if owner is not None:
-                        om = self.modules[owner]
-                        eft = om.image.info.func_type(om.image.info.exports[name].index)
-                        if eft != desc:
-                            raise DlError(
-                                f"{image.display}: symbol {name} has type {desc} but "
-                                f"{om.image.display} defines it as {eft}",
-                                errno.ENOEXEC,
-                            )
-                        if om.instance is not None:
-                            externs.append(self._export(owner, name))
-                            continue
-                    elif weak:
-                        externs.append(self._trap(desc, f"call to undefined weak function {name}"))
+                    om = None if owner is None else self.modules[owner]
+                    res = resolve_function(
+                        image,
+                        name,
+                        desc,
+                        owner,
+                        None if om is None else om.image,
+                        om is not None and om.instance is not None,
+                    )
+                    if owner is not None and res.how is FuncHow.DIRECT:
+                        externs.append(self._export(owner, name))
                         continue
-                    elif bind_now:
-                        missing.append(f"{image.display}: undefined symbol: {name} (function)")
+                    if res.how is FuncHow.WEAK:
+                        externs.append(self._trap(desc, res.message))
+                        continue
+                    if res.how is FuncHow.UNDEFINED and bind_now:
+                        missing.append(res.message)
                     externs.append(None)
                     stubs.append((pos, desc, owner, name))  # back-edge or lazily missing
                 else:
@@ -742,8 +750,7 @@ class DynamicLinker:
             if owner is not None:
                 table.set(store, k, self._export(owner, name))
             else:
-                msg = f"symbol lookup error: {importer}: undefined symbol: {name} (called lazily)"
-                table.set(store, k, self._trap(ft, msg))
+                table.set(store, k, self._trap(ft, lazy_trap_message(importer, name)))
                 self.lazy.setdefault(name, []).append((table, k, ft))
 
         inits = []
@@ -798,14 +805,11 @@ class DynamicLinker:
                     )
                 return sp
             return self.iset.core_global(plan.global_index[("sp",)])
-        if name == "__memory_base":
-            return make(mutable, m.memory_base)
-        if name == "__table_base":
-            return make(mutable, m.table_base)
-        if name == "__tls_base":
-            return make(mutable, m.tls_base or 0)
-        if name in LAYOUT_SYMBOLS:
-            return make(mutable, self._layout_value(m, name))
+        value = module_global_value(
+            name, m.memory_base, m.table_base, m.tls_base, plan.layout_symbols
+        )
+        if value is not None:
+            return make(mutable, value)
         raise DlError(f"{m.image.display}: cannot resolve global import env.{name}", errno.ENOEXEC)
 
     def _layout_value(self, m: DynModule, name: str) -> int:
@@ -820,12 +824,7 @@ class DynamicLinker:
                 missing.append(f"{m.image.display}: undefined symbol: {name} (data)")
             return 0
         om = self.modules[owner]
-        if om.image.global_export_type(name) != "i32":
-            raise DlError(
-                f"{m.image.display}: symbol {name} is imported as data but "
-                f"{om.image.display} exports a {om.image.global_export_type(name)} global",
-                errno.ENOEXEC,
-            )
+        check_data_export(m.image, name, om.image)
         if om.instance is None:  # within the group: laid out already, value is static
             base = data_symbol_base(om.image, name, om.memory_base, om.tls_base) or 0
             value = om.image.export_value(name, base, om.table_base)

@@ -19,7 +19,14 @@ from typing import Final, NamedTuple
 import attrs
 
 from .cache import ModuleCache
-from .core import data_symbol_base, dependency_order
+from .core import (
+    FuncHow,
+    check_data_export,
+    data_symbol_base,
+    dependency_order,
+    module_global_value,
+    resolve_function,
+)
 from .errors import LimitError, LoadError, SymbolError
 from .layout import (
     LAYOUT_SYMBOLS,
@@ -157,6 +164,9 @@ DYLD_FUNCTIONS: Final = {
     "describe": FuncType((I32, I32, I32, I32, I32, I32), (I32,)),
 }
 
+
+# Keys of the planned globals holding a module's own bases (one per module).
+_MODULE_GLOBAL_KEYS: Final = {"__memory_base": "mb", "__table_base": "tb", "__tls_base": "tls"}
 
 DEFAULT_MAX_FILE_SIZE: Final = 256 << 20
 DEFAULT_MAX_LIBRARIES: Final = 1024
@@ -635,12 +645,7 @@ class _Resolver:
                 f"{KIND_NAMES[exp.kind]}"
             )
         if want == KIND_GLOBAL:
-            vt = self.images[owner].global_export_type(name)
-            if vt != "i32":
-                raise SymbolError(
-                    f"{importer.display}: symbol {name} is imported as data but "
-                    f"{self.images[owner].display} exports it as a {vt} global, not an address"
-                )
+            check_data_export(importer, name, self.images[owner])
         return owner
 
     # -- per import kind ---------------------------------------------------
@@ -648,26 +653,25 @@ class _Resolver:
     def _func(self, mi: int, name: str, ft: FuncType) -> Binding:
         image = self.images[mi]
         owner = self._owner(name, KIND_FUNC, image)
-        if owner is None:
-            weak = image.dylink is not None and image.dylink.is_weak_import("env", name)
-            if weak:
-                msg = f"call to undefined weak function {name} (imported by {image.display})"
-                return BindTrap(self._trap(ft, msg))
-            if self.options.bind_now:
-                self._missing(image, name, "function")
-                return BindTrap(self._trap(ft, "unreachable"))
-            self.unresolved.append((image.display, name, "function"))
-            return BindPlt(self._plt(ft, None, name, image.display))
-        exporter = self.images[owner]
-        eft = exporter.info.func_type(exporter.info.exports[name].index)
-        if eft != ft:
-            raise SymbolError(
-                f"{image.display}: symbol {name} has type {ft} but "
-                f"{exporter.display} defines it as {eft}"
-            )
-        if self.inst_pos[owner] < self.inst_pos[mi]:
+        res = resolve_function(
+            image,
+            name,
+            ft,
+            owner,
+            None if owner is None else self.images[owner],
+            owner is not None and self.inst_pos[owner] < self.inst_pos[mi],
+        )
+        if owner is not None and res.how is FuncHow.DIRECT:
             return BindDirect(owner, name)
-        return BindPlt(self._plt(ft, (owner, name), name, image.display))
+        if owner is not None and res.how is FuncHow.DEFERRED:
+            return BindPlt(self._plt(ft, (owner, name), name, image.display))
+        if res.how is FuncHow.WEAK:
+            return BindTrap(self._trap(ft, res.message))
+        if self.options.bind_now:
+            self._missing(image, name, "function")
+            return BindTrap(self._trap(ft, "unreachable"))
+        self.unresolved.append((image.display, name, "function"))
+        return BindPlt(self._plt(ft, None, name, image.display))
 
     def _plt(self, ft: FuncType, target: tuple[int, str] | None, name: str, importer: str) -> int:
         key = (target, name, ft) if target is not None else (None, name, importer, ft)
@@ -750,15 +754,14 @@ class _Resolver:
                     )
                 return BindExport(0, "__stack_pointer")
             return BindGlobal(self._global(("sp",), True, L.symbols.stack_high))
-        if name == "__memory_base":
-            return BindGlobal(self._global(("mb", mi, gt.mutable), gt.mutable, L.mem_bases[mi]))
-        if name == "__table_base":
-            return BindGlobal(self._global(("tb", mi, gt.mutable), gt.mutable, L.table_bases[mi]))
-        if name == "__tls_base":
-            tls = L.tls_bases[mi] or 0
-            return BindGlobal(self._global(("tls", mi, gt.mutable), gt.mutable, tls))
         if name in LAYOUT_SYMBOLS:
             return BindGlobal(self._got_mem(mi, name, gt.mutable))
+        value = module_global_value(
+            name, L.mem_bases[mi], L.table_bases[mi], L.tls_bases[mi], L.symbols
+        )
+        if value is not None:  # __memory_base, __table_base, __tls_base
+            key = (_MODULE_GLOBAL_KEYS[name], mi, gt.mutable)
+            return BindGlobal(self._global(key, gt.mutable, value))
         owner = self._owner(name, KIND_GLOBAL, image)
         if owner is not None and self.inst_pos[owner] < self.inst_pos[mi]:
             return BindExport(owner, name)

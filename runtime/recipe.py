@@ -27,6 +27,7 @@ from typing import Final, assert_never
 
 import attrs
 
+from .core import lazy_trap_message
 from .plan import (
     BindDirect,
     BindExport,
@@ -100,13 +101,7 @@ def build_recipe(plan: LinkPlan) -> Recipe:
     for i, stub in enumerate(plan.plt):
         if stub.target is None:
             lazy_stub[i] = len(stubs)
-            stubs.append(
-                (
-                    stub.type,
-                    f"symbol lookup error: {stub.importer}: undefined symbol: "
-                    f"{stub.symbol} (called lazily)",
-                )
-            )
+            stubs.append((stub.type, lazy_trap_message(stub.importer, stub.symbol)))
 
     def module_export(owner: int, name: str) -> Source:
         assert name in plan.modules[owner].image.info.exports
