@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 import wasmtime
 
+from . import debug
 from .cache import DEFAULT_BUDGET, CodeSource, ModuleCache
 from .diskcache import (
     DEFAULT_MAX_BYTES,
@@ -211,7 +212,7 @@ class Runtime:
         t0 = time.perf_counter()
         with self._plans_lock:
             entry = self._plans.get(key)
-        if entry is not None:
+        if entry is not None and not (debug.LIBS or debug.BINDINGS):  # tracing: plan afresh
             if entry.still_valid():
                 with self._plans_lock:
                     self._plans.move_to_end(key)

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import wasmtime
 
-from . import codegen
+from . import codegen, debug
 from .cache import ModuleCache
 from .core import (
     FuncHow,
@@ -111,6 +111,36 @@ RTLD_NODELETE = 0x1000
 
 SYMTYPE_FUNC = 1
 SYMTYPE_DATA = 2
+
+
+def _flag_names(flags: int) -> str:
+    """dlopen flags as their RTLD_* names (WASMRUN_DEBUG=libs)."""
+    names = [
+        n
+        for n, bit in (
+            ("RTLD_LAZY", RTLD_LAZY),
+            ("RTLD_NOW", RTLD_NOW),
+            ("RTLD_NOLOAD", RTLD_NOLOAD),
+            ("RTLD_LOCAL", RTLD_LOCAL),
+            ("RTLD_GLOBAL", RTLD_GLOBAL),
+            ("RTLD_NODELETE", RTLD_NODELETE),
+        )
+        if flags & bit
+    ]
+    return "|".join(names) or str(flags)
+
+
+def _trace_got(
+    importer: ModuleImage, mod: str, name: str, value: int, weak: bool, what: str
+) -> None:
+    """A GOT entry of a library loaded at run time (WASMRUN_DEBUG=bindings)."""
+    if value == 0 and weak:
+        text = "0 (weak-zero)"
+    elif value == 0 and name not in LAYOUT_SYMBOLS:
+        text = "undefined"
+    else:
+        text = f"{what} {value:#x}"
+    debug.trace("bindings", f"{importer.display}: {mod}.{name} => {text}")
 
 
 class DlError(WasmrunError):
@@ -421,6 +451,9 @@ class DynamicLinker:
             found = self.search.find(name, main.path, rpath)
             if found is None:
                 raise DlError(f"{name}: cannot open shared object file: No such file or directory")
+            if debug.LIBS:
+                rule = self.search.rule_for(found, name, main.path, rpath)
+                debug.trace("libs", f"{name} => {found} (dlopen; found via {rule})")
             return found
         parts = name.split("/")
         if ".." in parts:
@@ -437,10 +470,25 @@ class DynamicLinker:
             raise DlError(f"{name}: refusing a path outside the library search path", errno.EACCES)
         for cand in candidates:
             if os.path.isfile(cand):
+                if debug.LIBS:
+                    debug.trace("libs", f"{name} => {cand} (dlopen; under a search directory)")
                 return cand
         raise DlError(f"{name}: cannot open shared object file: No such file or directory")
 
     def dlopen(self, name: str, flags: int) -> int:
+        """Load ``name`` (or find it loaded); returns its handle."""
+        if not debug.LIBS:
+            return self._dlopen(name, flags)
+        call = f'dlopen("{name}", {_flag_names(flags)})'
+        try:
+            handle = self._dlopen(name, flags)
+        except WasmrunError as e:
+            debug.trace("libs", f"{call} failed: {e}")
+            raise
+        debug.trace("libs", f"{call} = handle {handle}")
+        return handle
+
+    def _dlopen(self, name: str, flags: int) -> int:
         if flags == 0:
             flags = RTLD_NOW | RTLD_GLOBAL  # toywasm's libdl passes 0
         path = self._resolve_path(name)
@@ -513,7 +561,15 @@ class DynamicLinker:
                                 f"{dep}: cannot open shared object file: No such file or "
                                 f"directory (needed by {m.image.display})"
                             )
+                        if debug.LIBS:
+                            rule = self.search.rule_for(found, dep, m.image.path, rpath)
+                            why = f"needed by {m.image.display}; found via {rule}"
+                            debug.trace("libs", f"{dep} => {found} ({why})")
                         j = self._add_module(found, dep, new)
+                    elif debug.LIBS:
+                        where = self.modules[j].image.path
+                        why = f"needed by {m.image.display}; already loaded"
+                        debug.trace("libs", f"{dep} => {where} ({why})")
                     if j not in m.needed:
                         m.needed.append(j)
                 i += 1
@@ -681,9 +737,13 @@ class DynamicLinker:
                 elif mod == "GOT.mem" and isinstance(desc, GlobalType):
                     value = self._got_mem(m, name, local, weak, missing)
                     externs.append(global_(desc.mutable, value))
+                    if debug.BINDINGS:
+                        _trace_got(image, mod, name, value, weak, "address")
                 elif mod == "GOT.func" and isinstance(desc, GlobalType):
                     slot = self._got_func(m, name, local, weak, missing, pending_slots)
                     externs.append(global_(desc.mutable, slot))
+                    if debug.BINDINGS:
+                        _trace_got(image, mod, name, slot, weak, "slot")
                 elif mod == "wasi_snapshot_preview1":
                     externs.append(self._wasi(name))
                 elif mod == "dyld":
@@ -703,6 +763,14 @@ class DynamicLinker:
                         None if om is None else om.image,
                         om is not None and om.instance is not None,
                     )
+                    if debug.BINDINGS:
+                        what = {
+                            FuncHow.DIRECT: f"{om and om.image.display} (direct)",
+                            FuncHow.DEFERRED: f"{om and om.image.display} (PLT: in this group)",
+                            FuncHow.WEAK: "undefined weak (traps if called)",
+                            FuncHow.UNDEFINED: "undefined (lazy: PLT slot that traps if called)",
+                        }[res.how]
+                        debug.trace("bindings", f"{image.display}: env.{name} => {what}")
                     if owner is not None and res.how is FuncHow.DIRECT:
                         externs.append(self._export(owner, name))
                         continue
@@ -911,6 +979,20 @@ class DynamicLinker:
     # -- dlsym, dlclose, dladdr ---------------------------------------------------
 
     def dlsym(self, handle: int, name: str, symtype: int | None) -> int:
+        """A symbol's address (a table slot for a function) from a handle's
+        scope, or from the global scope for handle 0 (RTLD_DEFAULT)."""
+        if not debug.SYMBOLS:
+            return self._dlsym(handle, name, symtype)
+        call = f'dlsym({handle or "RTLD_DEFAULT"}, "{name}")'
+        try:
+            value = self._dlsym(handle, name, symtype)
+        except WasmrunError as e:
+            debug.trace("symbols", f"{call} failed: {e}")
+            raise
+        debug.trace("symbols", f"{call} = {value:#x}")  # a table slot for a function
+        return value
+
+    def _dlsym(self, handle: int, name: str, symtype: int | None) -> int:
         want = {SYMTYPE_FUNC: KIND_FUNC, SYMTYPE_DATA: KIND_GLOBAL, None: None}[symtype]
         if handle == 0:
             owner = self._global_lookup(name, want)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import wasmtime
 
-from . import codegen
+from . import codegen, debug
 from .core import InitModule, format_trap, initialize, trap_reason
 from .dlopen import DynamicLinker
 from .errors import (
@@ -537,6 +537,9 @@ class InstanceSet:
     def lookup(self, symbol: str) -> wasmtime.Func | int | None:
         """A function, or the address of a data symbol, from the global scope."""
         owner = self.plan.scope.get(symbol)
+        if debug.SYMBOLS:
+            found = "not found" if owner is None else self.plan.modules[owner].image.display
+            debug.trace("symbols", f'lookup "{symbol}" in the global scope => {found}')
         if owner is None:
             return None
         ext = get_export(self.store, self.module_instance(owner), symbol)

@@ -18,6 +18,7 @@ from typing import Final, NamedTuple
 
 import attrs
 
+from . import debug
 from .cache import ModuleCache
 from .core import (
     FuncHow,
@@ -342,10 +343,17 @@ class Loader:
         self.by_name.setdefault(os.path.basename(name), idx)
         return idx
 
-    def resolve(self, name: str, requester: ModuleImage) -> str:
+    def resolve(self, name: str, requester: ModuleImage, preload: bool = False) -> str:
         rpath = requester.dylink.runtime_path if requester.dylink else ()
         found, tried = self.search.lookup(name, requester.path, rpath)
         self.misses.extend(tried)
+        if debug.LIBS:
+            why = "preloaded" if preload else f"needed by {requester.display}"
+            if found is None:
+                debug.trace("libs", f"{name} => not found ({why})")
+            else:
+                rule = self.search.rule_for(found, name, requester.path, rpath)
+                debug.trace("libs", f"{name} => {found} ({why}; found via {rule})")
         if found is None:
             where = (
                 f"; searched {', '.join(os.path.dirname(t) or '.' for t in tried)}"
@@ -364,9 +372,11 @@ class Loader:
         With ``strict=False`` a library that is missing or fails to load is
         recorded in ``edges`` and the walk goes on."""
         root = self.add(root_path, root_path)
+        if debug.LIBS:
+            debug.trace("libs", f"{root_path}: {self.images[root].kind} module, loaded first")
         pre = []
         for p in preload:
-            pre.append(self.add(self.resolve(p, self.images[root]), p))
+            pre.append(self.add(self.resolve(p, self.images[root], preload=True), p))
         i = 0
         while i < len(self.images):
             image = self.images[i]
@@ -374,6 +384,10 @@ class Loader:
                 if "/" not in dep and dep in self.by_name:
                     j = self.by_name[dep]
                     found = self.images[j].path
+                    if debug.LIBS:
+                        debug.trace(
+                            "libs", f"{dep} => {found} (needed by {image.display}; already loaded)"
+                        )
                 else:
                     try:
                         found = self.resolve(dep, image)
@@ -821,7 +835,55 @@ class _Resolver:
                 raise SymbolError(
                     f"{image.display}: unknown import {mod}.{name} ({KIND_NAMES.get(kind, '?')})"
                 )
+        if debug.BINDINGS:
+            for imp, b in zip(image.info.imports, binds, strict=True):
+                what = self._describe(image, imp.module, imp.name, b)
+                debug.trace("bindings", f"{image.display}: {imp.module}.{imp.name} => {what}")
         return tuple(binds)
+
+    def _describe(self, image: ModuleImage, mod: str, name: str, b: Binding) -> str:
+        """A binding in words (WASMRUN_DEBUG=bindings)."""
+        match b:
+            case BindDirect(owner, _):
+                return f"{self.images[owner].display} (direct)"
+            case BindPlt(i):
+                target = self.plt[i].target
+                if target is None:
+                    return "undefined (lazy: PLT slot that traps if called)"
+                return f"{self.images[target[0]].display} (PLT: instantiated later)"
+            case BindTrap(i):
+                if self.traps[i].message.startswith("call to undefined weak"):
+                    return "undefined weak (traps if called)"
+                return "undefined (reported: bind-now)"
+            case BindExport(owner, _):
+                return f"{self.images[owner].display} (its global)"
+            case BindGlobal(i):
+                g = self.globals[i]
+                if mod in ("GOT.mem", "GOT.func") and name not in LAYOUT_SYMBOLS:
+                    definer = self.scope.get(name)
+                    if definer is None:
+                        if image.dylink is not None and image.dylink.is_weak_import(mod, name):
+                            return "0 (weak-zero)"
+                        if g.value == 0:
+                            return "undefined (reported)"
+                        return f"slot {g.value:#x} (undefined: traps if called)"
+                    where = self.images[definer].display
+                    if g.late is not None:
+                        return f"{where} (address known after instantiation)"
+                    what = "slot" if mod == "GOT.func" else "address"
+                    return f"{what} {g.value:#x} in {where}"
+                return f"{g.value:#x} (linker-defined)"
+            case BindWasi(_):
+                return "WASI (host)"
+            case BindHost(_):
+                return "dyld (host)"
+            case BindTag(i):
+                return f"exception tag {i} (shared)"
+            case BindMemory():
+                return "the shared memory"
+            case BindTable():
+                return "the shared table"
+        return "?"
 
     def run(self, strict: bool = True) -> LinkPlan:
         if not self.nonpie:

@@ -60,6 +60,24 @@ class SearchPath:
         ]
         return [os.path.join(d, name) for d in dict.fromkeys(dirs)]  # each directory once
 
+    def rule_for(
+        self, found: str, name: str, requester_path: str, runtime_path: Sequence[str]
+    ) -> str:
+        """Which search rule gave ``found`` for ``name`` (WASMRUN_DEBUG=libs)."""
+        if "/" in name:
+            return "a path"
+        origin = os.path.dirname(os.path.abspath(requester_path))
+        rules = [
+            *((d, f"-L {d}") for d in self.explicit),
+            *((d, f"{ENV_LIBRARY_PATH} {d}") for d in self.from_env),
+            *((expand_origin(p, origin), f"RUNTIME_PATH {p}") for p in runtime_path),
+            *((d, f"default path {d}") for d in self.defaults),
+        ]
+        for d, rule in rules:
+            if os.path.join(d, name) == found:
+                return rule
+        return "search path"
+
     def find(self, name: str, requester_path: str, runtime_path: Sequence[str]) -> str | None:
         return self.lookup(name, requester_path, runtime_path)[0]
 

@@ -1,0 +1,103 @@
+"""``WASMRUN_DEBUG``: what the linker does, on stderr, like glibc's ``LD_DEBUG``.
+
+``WASMRUN_DEBUG`` is a comma- (or colon-, or space-) separated list of:
+
+* ``libs``: each library's file and the search rule that found it (or
+  that it was already loaded), for the program's libraries and for every
+  ``dlopen`` with its result;
+* ``bindings``: each import's binding: direct, through a PLT slot, lazy
+  (undefined, traps if called), weak (undefined), or a GOT entry's value
+  (weak-zero for an undefined weak one);
+* ``symbols``: each ``dlsym`` (and each symbol the embedding API looks up)
+  with its result;
+* ``all``: all of the above; ``help``: print this list (and trace nothing).
+
+Lines go to stderr as ``wasmrun[PID]: CATEGORY: message``. The variable is
+read once, when wasmrun is imported. Off, it costs nothing on a run's path:
+the checks sit where links are planned and where dlopen/dlsym are called,
+never where a cached plan is replayed. With ``libs`` or ``bindings`` on,
+:meth:`~.api.Runtime.plan` plans afresh each time rather than replaying a
+cached plan silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Final
+
+import attrs
+
+from .errors import one_line
+
+ENV_DEBUG: Final = "WASMRUN_DEBUG"
+CATEGORIES: Final = ("libs", "bindings", "symbols")
+
+HELP: Final = """\
+Valid options for the WASMRUN_DEBUG environment variable are:
+
+  libs        each library's file and the search rule that found it; dlopen
+  bindings    each import's binding (direct, PLT, lazy, weak, GOT values)
+  symbols     each dlsym and symbol lookup with its result
+  all         all of the above
+  help        display this help message
+
+Several options are separated by commas, e.g. WASMRUN_DEBUG=libs,bindings
+"""
+
+
+@attrs.frozen
+class DebugFlags:
+    """Which categories are traced."""
+
+    libs: bool = False
+    bindings: bool = False
+    symbols: bool = False
+    help: bool = False
+    unknown: tuple[str, ...] = ()
+
+
+def parse(value: str | None) -> DebugFlags:
+    """The flags a ``WASMRUN_DEBUG`` value asks for."""
+    words = [w for w in re.split(r"[,:\s]+", (value or "").strip().lower()) if w]
+    wanted = set(CATEGORIES) if "all" in words else {w for w in words if w in CATEGORIES}
+    unknown = tuple(w for w in words if w not in CATEGORIES and w not in ("all", "help"))
+    return DebugFlags(
+        libs="libs" in wanted,
+        bindings="bindings" in wanted,
+        symbols="symbols" in wanted,
+        help="help" in words,
+        unknown=unknown,
+    )
+
+
+# The switches the linker tests (module attributes: one lookup when off).
+LIBS = False
+BINDINGS = False
+SYMBOLS = False
+
+
+def configure(value: str | None) -> DebugFlags:
+    """Switch tracing to what ``value`` asks for (done at import from the
+    environment; tests call it directly). ``help`` and unknown options
+    print the list of options."""
+    global LIBS, BINDINGS, SYMBOLS
+    flags = parse(value)
+    LIBS, BINDINGS, SYMBOLS = flags.libs, flags.bindings, flags.symbols
+    if flags.unknown:
+        sys.stderr.write(
+            f"wasmrun: warning: unknown {ENV_DEBUG} option(s): {', '.join(flags.unknown)}\n"
+        )
+    if flags.help or flags.unknown:
+        sys.stderr.write(HELP)
+    return flags
+
+
+def trace(category: str, message: str) -> None:
+    """One trace line on stderr (names from files kept on one line)."""
+    sys.stderr.write(f"wasmrun[{os.getpid()}]: {category}: {one_line(message)}\n")
+
+
+if os.environ.get(ENV_DEBUG):
+    configure(os.environ[ENV_DEBUG])
