@@ -231,3 +231,32 @@ def test_a_worker_that_died_while_idle_costs_no_request(corpus: Path) -> None:
         hello = _cli(d, corpus, str(corpus / "hello.wasm"))
         assert (hello.returncode, hello.stdout) == (0, "hello, world\n"), hello.stderr
         assert "had died while idle" in d.log()
+
+
+def test_a_second_sigterm_cancels_a_stuck_run_and_the_daemon_exits_0(corpus: Path) -> None:
+    """A guest blocked in sleep() ignores cancellation: its worker is killed
+    and the client still gets its answer (cancelled, 130) before the
+    daemon exits 0, well within drain_timeout."""
+    with start_daemon(config="drain_timeout = 60.0\nkill_grace = 0.5\n") as d:
+        env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+        sleeper = subprocess.Popen(
+            [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus)]
+            + [str(corpus / "sleepy.wasm")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert sleeper.stdout is not None
+        assert sleeper.stdout.readline() == "sleeping\n"
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TIMEOUT
+        while "draining 1 running request" not in d.log():  # the first was taken
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.02)
+        d.proc.send_signal(signal.SIGTERM)
+        _, err = sleeper.communicate(timeout=TIMEOUT)
+        assert sleeper.returncode == 130, err
+        assert d.proc.wait(TIMEOUT) == 0
+        assert time.monotonic() - t0 < 10  # not the 60 s drain timeout
