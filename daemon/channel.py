@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-MAX_FDS_PER_FRAME = 64
+MAX_FDS_PER_FRAME = 256  # a request may carry the protocol's MAX_FDS (253)
 MAX_FRAME = 512 << 20  # a module of up to the largest allowed size, plus room
 _HEADER = 4
 _ANC = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * array.array("i").itemsize)

@@ -260,3 +260,12 @@ def test_a_second_sigterm_cancels_a_stuck_run_and_the_daemon_exits_0(corpus: Pat
         assert sleeper.returncode == 130, err
         assert d.proc.wait(TIMEOUT) == 0
         assert time.monotonic() - t0 < 10  # not the 60 s drain timeout
+
+
+def test_a_request_with_many_descriptors_reaches_its_worker(corpus: Path, tmp_path: Path) -> None:
+    """200 preopened directories: every descriptor travels on to the worker."""
+    dirs = [arg for i in range(200) for arg in ("--dir", f"{tmp_path}::/d{i}")]
+    with start_daemon() as d:
+        done = _cli(d, corpus, *dirs, str(corpus / "hello.wasm"))
+        assert (done.returncode, done.stdout) == (0, "hello, world\n"), done.stderr
+        assert "exit 0" in d.log()
