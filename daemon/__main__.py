@@ -228,8 +228,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             pool, lambda identity: handle.spawn(identity, worker_limits)
         )
         server = Server(config, scheduler, store, own=own, can_change_identity=changes)
-        await server.serve(listener)
-        return 0
+        lost = False
+
+        async def watch_zygote() -> None:
+            # Without a zygote no worker can start, and forking a new one
+            # from this threaded process is unsafe: drain and exit non-zero,
+            # so that the service manager starts a whole new daemon.
+            nonlocal lost
+            await handle.watch()
+            lost = True
+            log.critical("the zygote died: stopping (a new daemon must be started)")
+            server.stop("zygote lost")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_zygote)
+            await server.serve(listener)
+            nursery.cancel_scope.cancel()
+        return 1 if lost else 0
 
     status = 1
     try:

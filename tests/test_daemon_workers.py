@@ -269,3 +269,13 @@ def test_a_request_with_many_descriptors_reaches_its_worker(corpus: Path, tmp_pa
         done = _cli(d, corpus, *dirs, str(corpus / "hello.wasm"))
         assert (done.returncode, done.stdout) == (0, "hello, world\n"), done.stderr
         assert "exit 0" in d.log()
+
+
+def test_a_daemon_whose_zygote_died_stops_and_exits_non_zero(corpus: Path) -> None:
+    """No worker can be started any more: the daemon says so and exits 1
+    (systemd's Restart=on-failure starts a new one)."""
+    with start_daemon() as d:
+        [zygote] = _children(d.proc.pid)
+        os.kill(zygote, signal.SIGKILL)  # noticed at once, not at the next request
+        assert d.proc.wait(TIMEOUT) == 1
+        assert "the zygote died" in d.log()
