@@ -140,7 +140,8 @@ def _open_request_fds(
     try:
         if path is not None:
             try:
-                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                # O_NONBLOCK: a FIFO named as the program must not hang us.
+                fds.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
                 roles.append("program")
             except OSError as e:
                 problem = f"{path}: cannot open file: {e.strerror}"

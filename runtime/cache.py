@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -84,8 +85,16 @@ class ModuleCache:
         than ``max_bytes`` (checked on the opened file before reading it)."""
         display = name or os.path.basename(path)
         try:
-            with open(path, "rb") as f:
+            # O_NONBLOCK: a FIFO under a library's name must not hang the
+            # loader in open(); only a regular file is read at all (a device
+            # such as /dev/zero would be read forever).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
                 st = os.fstat(f.fileno())
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise LoadError(f"{path}: not a regular file")
                 if max_bytes is not None and st.st_size > max_bytes:
                     raise LimitError(
                         f"{path}: file of {st.st_size} bytes is over the limit of {max_bytes} "

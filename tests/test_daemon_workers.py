@@ -176,8 +176,8 @@ def test_exits_traps_and_bad_modules_answer_alike_through_the_daemon(
     corpus: Path, tmp_path: Path
 ) -> None:
     """exit(N) in a constructor or a called function, a malformed module, a
-    module wasmtime rejects (its reason kept): the same line and status
-    through a worker as in process."""
+    module wasmtime rejects (its reason kept), a device or a FIFO named as
+    the program: the same line and status through a worker as in process."""
     import wasmtime
 
     bad = bytearray((corpus / "hello.wasm").read_bytes())
@@ -189,6 +189,8 @@ def test_exits_traps_and_bad_modules_answer_alike_through_the_daemon(
             ' (func (export "_start") try nop catch $e end))'
         )
     )
+    fifo = tmp_path / "fifo.wasm"  # nobody writes it: opening it must not hang
+    os.mkfifo(fifo)
     lib = ("-L", str(corpus))
     cases = [
         (("run", *lib, str(corpus / "exitctormain.wasm")), 3, ""),
@@ -197,6 +199,8 @@ def test_exits_traps_and_bad_modules_answer_alike_through_the_daemon(
         (("run", *lib, str(tmp_path / "bad.wasm")), 127, "no dylink.0 section"),
         (("run", str(tmp_path / "legacy.wasm")), 127, "legacy_exceptions feature required"),
         (("run", *lib, str(corpus / "trap.wasm")), 134, "wasm trap"),
+        (("run", "/dev/zero"), 127, "/dev/zero: not a regular file"),
+        (("run", str(fifo)), 127, "not a regular file"),
     ]
     with start_daemon() as d:
         for args, status, text in cases:
