@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Sequence
+from typing import NamedTuple
 
-import attrs
 import wasmtime
 
 from .errors import GuestTrap, LoadError, SymbolError
@@ -126,8 +126,7 @@ class FuncHow(enum.Enum):
     UNDEFINED = "undefined"  # missing: an error now (bind-now) or a lazy PLT trap
 
 
-@attrs.frozen
-class FunctionResolution:
+class FunctionResolution(NamedTuple):
     """How one function import resolves."""
 
     how: FuncHow
@@ -173,8 +172,7 @@ def lazy_trap_message(importer_display: str, name: str) -> str:
 # -- initialisation ------------------------------------------------------------------
 
 
-@attrs.frozen
-class InitModule:
+class InitModule(NamedTuple):
     """One instantiated module to initialise. ``constructors=False`` for a
     program, whose ``_start`` runs its own constructors."""
 

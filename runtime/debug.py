@@ -25,9 +25,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Final
-
-import attrs
+from typing import Final, NamedTuple
 
 from .errors import one_line
 
@@ -47,8 +45,7 @@ Several options are separated by commas, e.g. WASMRUN_DEBUG=libs,bindings
 """
 
 
-@attrs.frozen
-class DebugFlags:
+class DebugFlags(NamedTuple):
     """Which categories are traced."""
 
     libs: bool = False

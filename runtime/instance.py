@@ -16,12 +16,12 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import wasmtime
 
 from . import codegen, debug
 from .core import InitModule, format_trap, initialize, trap_reason
-from .dlopen import DynamicLinker
 from .errors import (
     GuestExit,
     LimitError,
@@ -53,6 +53,9 @@ from .wasmtime_seam import (
     new_extern_array,
     new_instance,
 )
+
+if TYPE_CHECKING:
+    from .dlopen import DynamicLinker
 
 
 class GeneratedModules:
@@ -310,6 +313,10 @@ class InstanceSet:
     def dynamic(self):
         """The run-time loader (guest dlopen) of this instance set."""
         if self._dynamic is None:
+            # Imported on first use: most programs never load a library at
+            # run time. (dlopen.py does not import this module: no cycle.)
+            from .dlopen import DynamicLinker
+
             if self._loader is None:
                 raise LoadError("this instance set was created without a loader")
             self._dynamic = DynamicLinker(self, *self._loader)
@@ -382,7 +389,7 @@ class InstanceSet:
         """One ``export_get`` per import, written straight into the array
         wasmtime reads: no Python object and no symbol resolution per import."""
         arr = new_extern_array(len(sources))
-        export_get = export_getter(self.store)
+        export_get, ctx = export_getter(self.store)
         addr = ctypes.addressof(arr)
         refs = {
             slot: instance_ref(self._source(slot))
@@ -397,7 +404,7 @@ class InstanceSet:
                     func = self.dynamic.host_function(name.decode())
                 assert isinstance(func, wasmtime.Func)
                 copy_func_extern(func, addr)
-            elif not export_get(refs[slot], name, len(name), addr):
+            elif not export_get(ctx, refs[slot], name, len(name), addr):
                 raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
             addr += EXTERN_SIZE
         return arr

@@ -8,13 +8,15 @@ a freed region). Both place a module's MEM_INFO region, its TLS block and
 its table region with :func:`place_memory` and :func:`place_table`, and both
 answer the layout symbols (``__heap_base``, ``__stack_low``, …) from one
 :class:`LayoutSymbols`.
+
+The records are NamedTuples rather than attrs classes: every process that
+links imports this module, and generating attrs methods costs start-up time
+(see wasmbin.py).
 """
 
 from __future__ import annotations
 
-from typing import Final
-
-import attrs
+from typing import Final, NamedTuple
 
 from .module import ModuleImage
 
@@ -46,8 +48,7 @@ def signed_i32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-@attrs.frozen
-class TlsBlock:
+class TlsBlock(NamedTuple):
     """A module's thread-local block (it exports ``__wasm_init_tls``)."""
 
     size: int
@@ -63,8 +64,7 @@ def tls_block(image: ModuleImage) -> TlsBlock | None:
     return TlsBlock(size, alignment)
 
 
-@attrs.frozen
-class MemoryPlacement:
+class MemoryPlacement(NamedTuple):
     """Where one module's memory went: its ``__memory_base``, its TLS block
     (None without one), and the first byte after both."""
 
@@ -95,8 +95,7 @@ def place_table(image: ModuleImage, first_free: int) -> int:
     return align(first_free, dl.table_align)
 
 
-@attrs.frozen
-class LayoutSymbols:
+class LayoutSymbols(NamedTuple):
     """The values the linker itself gives ``__heap_base``, ``__heap_end``,
     ``__stack_low``, ``__stack_high`` (one per run) and ``__dso_handle``
     (each module's ``__memory_base``), as ``env.*`` or ``GOT.mem.*``."""
@@ -119,8 +118,7 @@ class LayoutSymbols:
         }[name]
 
 
-@attrs.frozen
-class Layout:
+class Layout(NamedTuple):
     """The load-time layout of a program: per module (in load order) its
     memory, table and TLS bases; the stack and heap; the initial and the
     largest memory in pages; the first table slot after every module's

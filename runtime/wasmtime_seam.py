@@ -41,13 +41,11 @@ The internals, why each is used, and the public fallback where one exists:
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
+import importlib
 import os
 from collections.abc import Callable
-from functools import partial
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-import attrs
 import wasmtime
 
 SUPPORTED_VERSIONS: Final = ">=50,<51"  # keep in step with pyproject.toml
@@ -62,6 +60,8 @@ class WasmtimeIncompatible(ImportError):
 
 def installed_version() -> str:
     """The installed wasmtime-py's version, or "unknown"."""
+    import importlib.metadata  # ~20 ms to import: only when a message needs it
+
     try:
         return importlib.metadata.version("wasmtime")
     except importlib.metadata.PackageNotFoundError:
@@ -85,16 +85,13 @@ def _need(owner: Any, attr: str, where: str) -> Any:
 
 
 def _need_module(name: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(name)
     except ImportError:
         raise incompatible(f"the module {name}") from None
 
 
-@attrs.frozen
-class Internals:
+class Internals(NamedTuple):
     """What the seam takes from wasmtime-py, resolved once at import."""
 
     ffi: Any  # the wasmtime._ffi module
@@ -211,12 +208,13 @@ def instance_ref(instance: wasmtime.Instance) -> Any:
     return _instance_ref(instance)
 
 
-def export_getter(store: wasmtime.Store) -> Callable[[Any, bytes, int, int], bool]:
-    """``get(instance_ref, name, len(name), address)``: write export ``name``
-    of an instance of ``store`` at ``address`` of an import array; False if
-    there is none. One C call and no Python frame: it is the per-import cost
-    of a warm run (see recipe.py)."""
-    return partial(_I.export_get, store._context())
+def export_getter(store: wasmtime.Store) -> tuple[Callable[..., bool], Any]:
+    """``(get, ctx)``: ``get(ctx, instance_ref, name, len(name), address)``
+    writes export ``name`` of an instance of ``store`` at ``address`` of an
+    import array, False if there is none. One C call per import and nothing
+    else (not even a ``partial``): it is the per-import cost of a warm run
+    (see recipe.py)."""
+    return _I.export_get, store._context()
 
 
 def copy_func_extern(func: wasmtime.Func, address: int) -> None:

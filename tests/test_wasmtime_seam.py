@@ -9,7 +9,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import attrs
 import pytest
 import wasmtime
 import wasmtime._ffi
@@ -69,6 +68,6 @@ def test_supported_versions_are_the_pin_in_pyproject():
 
 
 def test_fingerprint_without_the_library_path_still_names_the_build(monkeypatch):
-    monkeypatch.setattr(wasmtime_seam, "_I", attrs.evolve(wasmtime_seam._I, library_file=None))
+    monkeypatch.setattr(wasmtime_seam, "_I", wasmtime_seam._I._replace(library_file=None))
     ident = wasmtime_seam.library_identity()
     assert ident.startswith(f"wasmtime-py {wasmtime_seam.installed_version()} at ")
