@@ -263,6 +263,7 @@ def _run_remote(ns: Namespace, session: Session, env: dict[str, str], args: list
             timeout_ms=_timeout_ms(ns),
             fd_roles=roles,
             request_id=1,
+            debug=os.environ.get("WASMRUN_DEBUG", ""),
         )
 
     return _remote(ns, session, frame_of, ns.program, ns.dir, display)
@@ -288,6 +289,7 @@ def _call_remote(ns: Namespace, session: Session) -> int:
             timeout_ms=_timeout_ms(ns),
             fd_roles=roles,
             request_id=1,
+            debug=os.environ.get("WASMRUN_DEBUG", ""),
         )
 
     path = ns.library if "/" in ns.library else None

@@ -56,6 +56,7 @@ MAX_STRING_BYTES = 64 * 1024
 MAX_PATH_BYTES = 4096
 MAX_ITEMS = 4096
 MAX_FDS = 253
+MAX_DEBUG_BYTES = 256  # a WASMRUN_DEBUG value (protocol.messages.MAX_DEBUG_BYTES)
 _I64_MAX = (1 << 63) - 1
 
 
@@ -114,6 +115,9 @@ def check_request(body: dict[str, Any]) -> None:
         if "=" in name:
             raise WireError(f"environment name {name!r} contains '='")
         _check_str(value, "environment value", empty_ok=True)
+    debug = body.get("debug", "")
+    if type(debug) is not str or len(debug.encode("utf-8", "replace")) > MAX_DEBUG_BYTES:
+        raise WireError("WASMRUN_DEBUG is too long for the daemon")
     roles = _check_list(body.get("fd_roles", []), "fd_roles", MAX_FDS)
     if len(set(roles)) != len(roles):
         raise WireError("two descriptors with the same role (a guest path given twice?)")
@@ -323,6 +327,7 @@ def run_request(
     timeout_ms: int | None,
     fd_roles: Sequence[str],
     request_id: int,
+    debug: str = "",
 ) -> bytes:
     """A ``run`` frame; WireError if the daemon would refuse it."""
     return _checked(
@@ -339,6 +344,7 @@ def run_request(
             "limits": _limits(memory_bytes, timeout_ms),
             "fd_roles": list(fd_roles),
             "request_id": request_id,
+            "debug": debug,
         }
     )
 
@@ -355,6 +361,7 @@ def dlopen_request(
     timeout_ms: int | None,
     fd_roles: Sequence[str],
     request_id: int,
+    debug: str = "",
 ) -> bytes:
     """A ``dlopen`` frame (load a library, call one function)."""
     return _checked(
@@ -370,6 +377,7 @@ def dlopen_request(
             "limits": _limits(memory_bytes, timeout_ms),
             "fd_roles": list(fd_roles),
             "request_id": request_id,
+            "debug": debug,
         }
     )
 

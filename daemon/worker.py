@@ -26,16 +26,19 @@ front's to handle: it kills this process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import wasmtime
 from wasmrun.protocol import Error, decode_message, encode_payload
 from wasmrun.protocol.messages import Request
-from wasmrun.runtime import LoadError, RunControl, Runtime
+from wasmrun.runtime import LoadError, RunControl, Runtime, debug
 
 from .channel import CANCEL, CANCEL_REASONS, ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
@@ -131,6 +134,30 @@ def serve(
         channel.send({"op": "done", "response": response})
 
 
+@contextlib.contextmanager
+def _client_trace(setting: str, stderr: int | None) -> Iterator[None]:
+    """The client's WASMRUN_DEBUG for one request, its trace written to the
+    client's stderr (this process runs one request at a time; its own log
+    handler keeps the daemon's stderr)."""
+    if not setting or stderr is None:
+        yield
+        return
+    saved = sys.stderr
+    switches = (debug.LIBS, debug.BINDINGS, debug.SYMBOLS)  # the daemon's own
+    out = os.fdopen(os.dup(stderr), "w", buffering=1, errors="replace")
+    sys.stderr = out
+    try:
+        debug.configure(setting)
+        yield
+    finally:
+        debug.LIBS, debug.BINDINGS, debug.SYMBOLS = switches
+        sys.stderr = saved
+        try:
+            out.close()
+        except OSError:
+            pass
+
+
 def run_job(
     runtime: Runtime,
     config: DaemonConfig,
@@ -175,7 +202,8 @@ def _execute(
         return Error(request_id=rid, kind="internal", message=f"stdio: {e}")
     try:
         relay.start()
-        response = execute(Job(runtime, config, msg, fds, control, relay.paths))
+        with _client_trace(getattr(msg, "debug", ""), fds.get("stderr")):
+            response = execute(Job(runtime, config, msg, fds, control, relay.paths))
         relay.finish()  # the guest is done: deliver its output before the answer
         relay.wait()
         if relay.cut and not isinstance(response, Error):

@@ -75,6 +75,7 @@ MAX_ITEMS = 4096
 """Most items in any list or map field (argv, environment, search path...)."""
 
 MAX_FDS = 253
+MAX_DEBUG_BYTES = 256  # a WASMRUN_DEBUG value
 """Most file descriptors one request may carry: Linux's SCM_MAX_FD, the most
 one ``sendmsg`` can pass with SCM_RIGHTS."""
 
@@ -449,6 +450,9 @@ class Run:
     opened by the client) or ``"dir:<guest path>"`` (a preopened directory)."""
     request_id: int = _field(_request_id, 0)
     """Chosen by the client; echoed in the response and used by Cancel."""
+    debug: str = _field(_str(MAX_DEBUG_BYTES), "")
+    """The client's ``WASMRUN_DEBUG``: the linker's trace goes to the
+    client's stderr, as in process."""
 
     def __attrs_post_init__(self) -> None:
         """cwd is checked here because its rule (absolute unless empty) is
@@ -479,6 +483,8 @@ class Dlopen:
     limits: Limits = _field(_limits, attrs.Factory(Limits), metadata={"nested": Limits})
     fd_roles: tuple[str, ...] = _seq(_fd_roles)
     request_id: int = _field(_request_id, 0)
+    debug: str = _field(_str(MAX_DEBUG_BYTES), "")
+    """As in Run."""
 
 
 @attrs.frozen(kw_only=True)

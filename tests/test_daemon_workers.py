@@ -283,3 +283,28 @@ def test_a_daemon_whose_zygote_died_stops_and_exits_non_zero(corpus: Path) -> No
         os.kill(zygote, signal.SIGKILL)  # noticed at once, not at the next request
         assert d.proc.wait(TIMEOUT) == 1
         assert "the zygote died" in d.log()
+
+
+def test_the_linker_trace_goes_to_the_clients_stderr(corpus: Path) -> None:
+    """WASMRUN_DEBUG through the daemon: the same trace as in process, on
+    the client's stderr (only the pid in each line's prefix differs)."""
+    import re
+
+    with start_daemon() as d:
+        env = {**os.environ, "WASMRUN_DEBUG": "libs,bindings", "WASMRUN_SOCKET": str(d.socket)}
+        out = []
+        for extra in ((), ("--no-daemon",)):
+            done = subprocess.run(
+                [sys.executable, "-m", "wasmrun.client.cli", "run", *extra, "-L", str(corpus)]
+                + [str(corpus / "dlmain.wasm")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=TIMEOUT,
+            )
+            out.append((done.returncode, done.stdout, re.sub(r"wasmrun\[\d+\]", "P", done.stderr)))
+        remote, local = out
+        assert "P: libs: " in remote[2] and "P: bindings: " in remote[2]
+        assert remote == local
+        plain = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert "libs:" not in plain.stderr  # the next request traces nothing

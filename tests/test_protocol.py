@@ -226,6 +226,7 @@ def test_encoding_writes_every_field() -> None:
         "limits": {"memory_bytes": None, "timeout_ms": None, "fuel": None},
         "fd_roles": [],
         "request_id": 0,
+        "debug": "",
     }
 
 
