@@ -191,6 +191,16 @@ class World:
         return "\n".join(out), replies
 
 
+def _client_tree(root: Path) -> Path:
+    """The stdlib-only client package, where a tenant can import it."""
+    client = root / "client"
+    (client / "wasmrun" / "client").mkdir(parents=True)
+    (client / "wasmrun" / "__init__.py").write_text("")
+    for f in (ROOT / "client").glob("*.py"):
+        shutil.copy(f, client / "wasmrun" / "client" / f.name)
+    return client
+
+
 def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:
     shutil.copy(src, dst)
     os.chmod(dst, mode)
@@ -201,11 +211,7 @@ def world(corpus: Path, tenants: tuple[Tenant, Tenant, Tenant]) -> Iterator[Worl
     root = Path(tempfile.mkdtemp(prefix="wrt-", dir="/tmp"))
     os.chmod(root, 0o755)
     try:
-        client = root / "client"
-        (client / "wasmrun" / "client").mkdir(parents=True)
-        (client / "wasmrun" / "__init__.py").write_text("")
-        for f in (ROOT / "client").glob("*.py"):
-            shutil.copy(f, client / "wasmrun" / "client" / f.name)
+        client = _client_tree(root)
         (client / "rawclient.py").write_text(RAW_CLIENT)
         pub = root / "pub"  # what tenants may use
         pub.mkdir()
@@ -578,11 +584,7 @@ def test_a_daemon_that_cannot_change_identity_serves_its_own_uid_only(
     root = Path(tempfile.mkdtemp(prefix="wrt-", dir="/tmp"))
     os.chmod(root, 0o755)
     try:
-        client = root / "client"
-        (client / "wasmrun" / "client").mkdir(parents=True)
-        (client / "wasmrun" / "__init__.py").write_text("")
-        for f in (ROOT / "client").glob("*.py"):
-            shutil.copy(f, client / "wasmrun" / "client" / f.name)
+        client = _client_tree(root)
         for name in ("hello.wasm", "libc.so"):
             _copy(corpus / name, root / name)
         config = f'socket_mode = "0666"\nallowed_uids = [0, {a.uid}]\n'

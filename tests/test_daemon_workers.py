@@ -40,6 +40,22 @@ def _cli(d: Daemon, corpus: Path, *args: str, **kw) -> subprocess.CompletedProce
     )
 
 
+def _sleeping_client(d: Daemon, corpus: Path) -> subprocess.Popen[str]:
+    """A client whose guest is now blocked in sleep(60) (it said so)."""
+    env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+    sleeper = subprocess.Popen(
+        [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus)]
+        + [str(corpus / "sleepy.wasm")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert sleeper.stdout is not None
+    assert sleeper.stdout.readline() == "sleeping\n"
+    return sleeper
+
+
 def _limits(pid: int) -> dict[str, str]:
     out = {}
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
@@ -77,17 +93,7 @@ def test_a_worker_killed_from_outside_costs_only_its_request(corpus: Path) -> No
     """As the OOM killer would: the request gets one line and exit 70, the
     daemon starts another worker for the next one."""
     with start_daemon() as d:
-        env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
-        sleeper = subprocess.Popen(
-            [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus)]
-            + [str(corpus / "sleepy.wasm")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert sleeper.stdout is not None
-        assert sleeper.stdout.readline() == "sleeping\n"
+        sleeper = _sleeping_client(d, corpus)
         [worker] = _workers(d)
         os.kill(worker, signal.SIGKILL)
         _, err = sleeper.communicate(timeout=TIMEOUT)
@@ -242,17 +248,7 @@ def test_a_second_sigterm_cancels_a_stuck_run_and_the_daemon_exits_0(corpus: Pat
     and the client still gets its answer (cancelled, 130) before the
     daemon exits 0, well within drain_timeout."""
     with start_daemon(config="drain_timeout = 60.0\nkill_grace = 0.5\n") as d:
-        env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
-        sleeper = subprocess.Popen(
-            [sys.executable, "-m", "wasmrun.client.cli", "run", "-L", str(corpus)]
-            + [str(corpus / "sleepy.wasm")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert sleeper.stdout is not None
-        assert sleeper.stdout.readline() == "sleeping\n"
+        sleeper = _sleeping_client(d, corpus)
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + TIMEOUT
