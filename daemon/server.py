@@ -197,6 +197,9 @@ class Server:
         self._accept_stopped = trio.Event()
         self._stop_send, self._stops = trio.open_memory_channel[str](4)
         self._last_accept_warning = -math.inf
+        self._last_refusal_log = -math.inf
+        self._unlogged_refusals = 0
+        self.lingering = 0  # refused connections waiting for their client to close
 
     # -- who may connect ----------------------------------------------------------
 
@@ -383,13 +386,14 @@ class Server:
             who = self.identity_for(peer)
             if isinstance(who, Error):
                 self.counters["daemon.refused"] += 1
-                log.warning("refused uid=%d pid=%d: %s", peer.uid, peer.pid, who.message)
-                await _refuse(sock, who)
+                self._log_refusal(peer, who)
+                await self._refuse(sock, who)
                 return
             busy = self.connection_refusal(peer.uid)
             if busy is not None:
                 self.counters["daemon.busy"] += 1
-                await _refuse(sock, busy)
+                self._log_refusal(peer, busy)
+                await self._refuse(sock, busy)
                 return
             handler = _ConnectionHandler(self, sock, peer, who)
             self.connections.add(handler)
@@ -405,6 +409,33 @@ class Server:
                 if not self.per_uid[peer.uid]:
                     del self.per_uid[peer.uid]
                 self.request_finished()
+
+    async def _refuse(self, sock: trio.socket.SocketType, err: Error) -> None:
+        """Answer a refused connection; let it linger (so its client reads
+        the answer, not a reset) only while few do: a client refused in a
+        loop must not tie up the daemon's descriptors."""
+        linger = self.lingering < _MAX_LINGERING
+        self.lingering += linger
+        try:
+            await _refuse(sock, err, _REFUSAL_LINGER if linger else 0.0)
+        finally:
+            self.lingering -= linger
+
+    def _log_refusal(self, peer: Peer, err: Error) -> None:
+        """Log refusals at most once a second (a refused client may retry in
+        a loop), with how many went unlogged."""
+        now = time.monotonic()
+        if now - self._last_refusal_log < 1.0:
+            self._unlogged_refusals += 1
+            return
+        more = (
+            f" ({self._unlogged_refusals} more since the last line)"
+            if self._unlogged_refusals
+            else ""
+        )
+        log.warning("refused uid=%d pid=%d: %s%s", peer.uid, peer.pid, err.message, more)
+        self._last_refusal_log = now
+        self._unlogged_refusals = 0
 
     def stats(self) -> dict[str, int | float | str]:
         out: dict[str, int | float | str] = dict(self.counters)
@@ -434,22 +465,33 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:
 
 _FRESH_LINGER = 1.0  # seconds a just-accepted connection has to send, at shutdown
 _REFUSAL_LINGER = 2.0  # seconds a refused client has to finish sending and read
+_MAX_LINGERING = 64  # refused connections lingering at once; the rest close at once
 _REFUSAL_READ_LIMIT = 1 << 20
 
 
-async def _refuse(sock: trio.socket.SocketType, err: Error) -> None:
+async def _refuse(sock: trio.socket.SocketType, err: Error, linger: float) -> None:
     """Answer, then let the client finish: half-close our side and read
     (and drop) what it still sends until it closes, within limits. Closing
     with its request unread would reset the connection, and the client
-    would see "Broken pipe" instead of the refusal."""
+    would see "Broken pipe" instead of the refusal. ``linger`` 0: only
+    what has already arrived is read."""
     if not await _send_all(sock, encode_message(err)):
         return
     try:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         return
+    if not linger:  # what has arrived, without waiting for more
+        with socket.socket(fileno=os.dup(sock.fileno())) as now:
+            now.setblocking(False)
+            try:
+                while now.recv(65536):
+                    pass
+            except OSError:
+                pass
+        return
     received = 0
-    with trio.move_on_after(_REFUSAL_LINGER):
+    with trio.move_on_after(linger):
         while received < _REFUSAL_READ_LIMIT:
             try:
                 data = await sock.recv(65536)

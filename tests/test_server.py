@@ -617,3 +617,28 @@ async def test_busy_when_the_queue_is_full(autojump_clock) -> None:
             await sched.acquire(A)
         n.cancel_scope.cancel()
     assert sched.stats()[f"uid.{A.uid}.queued"] == 0  # the cancelled waiter left
+
+
+async def test_refused_connections_linger_only_while_few_do(autojump_clock, monkeypatch) -> None:
+    """A client refused in a loop cannot tie up descriptors: beyond a few
+    lingering refusals, the rest are answered and closed at once."""
+    monkeypatch.setattr(server_module, "_MAX_LINGERING", 3)
+    config = _config(allowed_uids=(os.geteuid() + 12345,))
+    async with serving(config, can_change_identity=True) as h:
+        clients = [await h.connect() for _ in range(5)]
+        for c in clients:
+            answer = await c.receive()
+            assert isinstance(answer, Error) and answer.kind == "refused"
+        await trio.testing.wait_all_tasks_blocked()
+        still_read = 0
+        for c in clients:  # the server half-closed all; it still reads from some
+            try:
+                await c.send_raw(b"more")
+                still_read += 1
+            except BrokenPipeError:
+                pass
+        assert still_read == 3 and h.server.lingering == 3
+        for c in clients:
+            c.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.server.lingering == 0
