@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from .errors import one_line
@@ -75,25 +76,34 @@ BINDINGS = False
 SYMBOLS = False
 
 
-def configure(value: str | None) -> DebugFlags:
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+
+
+# Where trace lines go: this process's stderr, unless a host that runs
+# linking for someone else (a daemon's worker) passes its own writer.
+_write: Callable[[str], None] = _to_stderr
+
+
+def configure(value: str | None, write: Callable[[str], None] | None = None) -> DebugFlags:
     """Switch tracing to what ``value`` asks for (done at import from the
-    environment; tests call it directly). ``help`` and unknown options
-    print the list of options."""
-    global LIBS, BINDINGS, SYMBOLS
+    environment; a daemon's worker and tests call it directly), writing
+    lines with ``write`` (default: ``sys.stderr``). ``help`` and unknown
+    options print the list of options."""
+    global LIBS, BINDINGS, SYMBOLS, _write
     flags = parse(value)
     LIBS, BINDINGS, SYMBOLS = flags.libs, flags.bindings, flags.symbols
+    _write = write if write is not None else _to_stderr
     if flags.unknown:
-        sys.stderr.write(
-            f"wasmrun: warning: unknown {ENV_DEBUG} option(s): {', '.join(flags.unknown)}\n"
-        )
+        _write(f"wasmrun: warning: unknown {ENV_DEBUG} option(s): {', '.join(flags.unknown)}\n")
     if flags.help or flags.unknown:
-        sys.stderr.write(HELP)
+        _write(HELP)
     return flags
 
 
 def trace(category: str, message: str) -> None:
-    """One trace line on stderr (names from files kept on one line)."""
-    sys.stderr.write(f"wasmrun[{os.getpid()}]: {category}: {one_line(message)}\n")
+    """One trace line (names from files kept on one line)."""
+    _write(f"wasmrun[{os.getpid()}]: {category}: {one_line(message)}\n")
 
 
 if os.environ.get(ENV_DEBUG):

@@ -61,7 +61,7 @@ from .layout import LAYOUT_SYMBOLS, PAGE, place_memory, place_table, signed_i32,
 from .limits import RunLimits
 from .module import ModuleImage
 from .plan import DYLD_FUNCTIONS, SCOPE_EXCLUDED, LinkPlan
-from .search import SearchPath
+from .search import SearchPath, file_identity
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
@@ -237,7 +237,7 @@ class DynamicLinker:
         self.canonical: dict[tuple[int, int], int] = dict(plan.canonical)
         self.by_file: dict[tuple[int, int], int] = {}
         for i, m in enumerate(self.modules):
-            key = self._file_key(m.image.path)
+            key = file_identity(m.image.path)
             if key is not None:
                 self.by_file.setdefault(key, i)
         self.free_regions: list[tuple[int, int]] = []
@@ -370,14 +370,6 @@ class DynamicLinker:
 
     # -- lookup -----------------------------------------------------------------
 
-    @staticmethod
-    def _file_key(path: str) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
     def _scope_lookup(self, name: str, scope: list[int], want: int | None) -> int | None:
         for mi in scope:
             m = self.modules[mi]
@@ -492,7 +484,7 @@ class DynamicLinker:
         if flags == 0:
             flags = RTLD_NOW | RTLD_GLOBAL  # toywasm's libdl passes 0
         path = self._resolve_path(name)
-        key = self._file_key(path)
+        key = file_identity(path)
         existing = self.by_file.get(key) if key is not None else None
         if existing is not None and not self.modules[existing].closed:
             return self._reopen(existing, flags)
@@ -605,7 +597,7 @@ class DynamicLinker:
         for mi in new:
             m = self.modules[mi]
             m.closed = True
-            key = self._file_key(m.image.path)
+            key = file_identity(m.image.path)
             if key is not None and self.by_file.get(key) == mi:
                 del self.by_file[key]
             if m.region is not None:
@@ -619,7 +611,7 @@ class DynamicLinker:
                 m.needed = [j for j in m.needed if j < first]
 
     def _add_module(self, path: str, name: str, new: list[int]) -> int:
-        key = self._file_key(path)
+        key = file_identity(path)
         if key is not None and key in self.by_file and not self.modules[self.by_file[key]].closed:
             return self.by_file[key]
         options = self.iset.plan.options
@@ -1046,7 +1038,7 @@ class DynamicLinker:
             m.closed = True
             if mi in self.global_dynamic:
                 self.global_dynamic.remove(mi)
-            key = self._file_key(m.image.path)
+            key = file_identity(m.image.path)
             if key is not None and self.by_file.get(key) == mi:
                 del self.by_file[key]
             if m.region is not None:

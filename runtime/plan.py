@@ -40,7 +40,7 @@ from .layout import (
     place_table,
 )
 from .module import HOUSEKEEPING_EXPORTS, ModuleImage
-from .search import SearchPath
+from .search import SearchPath, file_identity
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
@@ -260,11 +260,7 @@ class LinkPlan:
 
 
 def _file_key(path: str) -> tuple[int, int] | str:
-    try:
-        st = os.stat(path)
-        return (st.st_dev, st.st_ino)
-    except (OSError, ValueError):  # ValueError: a NUL in the name
-        return os.path.abspath(path)
+    return file_identity(path) or os.path.abspath(path)
 
 
 @attrs.frozen

@@ -17,6 +17,17 @@ import attrs
 ENV_LIBRARY_PATH = "WASMRUN_LIBRARY_PATH"
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``: how a library loaded twice
+    under two names (a diamond, a symlink, a dlopen of a loaded library) is
+    recognised as one. None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def expand_origin(entry: str, origin_dir: str) -> str:
     return entry.replace("${ORIGIN}", origin_dir).replace("$ORIGIN", origin_dir)
 

@@ -103,3 +103,11 @@ def test_parse():
     assert debug.parse("all") == debug.DebugFlags(libs=True, bindings=True, symbols=True)
     assert debug.parse(" libs, symbols ") == debug.DebugFlags(libs=True, symbols=True)
     assert debug.parse(None) == debug.DebugFlags()
+
+
+def test_a_host_can_send_the_trace_elsewhere(tracing, runtime, corpus: Path, capsys):
+    lines: list[str] = []
+    tracing("libs", lines.append)
+    runtime.plan(str(corpus / "hello.wasm"))
+    assert _lines("".join(lines), "libs")
+    assert "wasmrun[" not in capsys.readouterr().err
