@@ -196,9 +196,11 @@ class Server:
         self._closed = trio.Event()  # set whenever a connection ends
         self._accept_stopped = trio.Event()
         self._stop_send, self._stops = trio.open_memory_channel[str](4)
-        self._last_accept_warning = -math.inf
-        self._last_refusal_log = -math.inf
-        self._unlogged_refusals = 0
+        # Things a hostile or broken client can make happen in a loop are
+        # logged at most once a second each, with a count of the rest.
+        self.accept_log = _Throttled()
+        self.refusal_log = _Throttled()
+        self.protocol_log = _Throttled()
         self.lingering = 0  # refused connections waiting for their client to close
 
     # -- who may connect ----------------------------------------------------------
@@ -366,14 +368,7 @@ class Server:
         """Out of descriptors (or memory): keep serving the connections we
         have, retry shortly, and say so at most once a second."""
         self.counters["daemon.accept_errors"] += 1
-        now = time.monotonic()
-        if now - self._last_accept_warning >= 1.0:
-            self._last_accept_warning = now
-            log.warning(
-                "accept: %s (%d time(s) so far); retrying",
-                e.strerror,
-                self.counters["daemon.accept_errors"],
-            )
+        self.accept_log.warning("accept: %s; retrying", e.strerror)
 
     async def connection(self, sock: trio.socket.SocketType) -> None:
         """Serve one accepted connection to its end."""
@@ -422,20 +417,7 @@ class Server:
             self.lingering -= linger
 
     def _log_refusal(self, peer: Peer, err: Error) -> None:
-        """Log refusals at most once a second (a refused client may retry in
-        a loop), with how many went unlogged."""
-        now = time.monotonic()
-        if now - self._last_refusal_log < 1.0:
-            self._unlogged_refusals += 1
-            return
-        more = (
-            f" ({self._unlogged_refusals} more since the last line)"
-            if self._unlogged_refusals
-            else ""
-        )
-        log.warning("refused uid=%d pid=%d: %s%s", peer.uid, peer.pid, err.message, more)
-        self._last_refusal_log = now
-        self._unlogged_refusals = 0
+        self.refusal_log.warning("refused uid=%d pid=%d: %s", peer.uid, peer.pid, err.message)
 
     def stats(self) -> dict[str, int | float | str]:
         out: dict[str, int | float | str] = dict(self.counters)
@@ -449,6 +431,27 @@ class Server:
         out["daemon.uptime"] = time.monotonic() - self.started
         out["daemon.server"] = SERVER_NAME
         return out
+
+
+class _Throttled:
+    """A log line at most once a second; the lines in between are counted
+    and the count goes with the next line."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last = -math.inf
+        self.skipped = 0
+
+    def warning(self, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.skipped += 1
+            return
+        if self.skipped:
+            fmt += f" (and {self.skipped} more like it)"
+        log.warning(fmt, *args)
+        self.last = now
+        self.skipped = 0
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:
@@ -644,7 +647,9 @@ class _ConnectionHandler:
 
     async def _protocol_error(self, e: ProtocolError) -> None:
         self.server.counters["daemon.protocol_errors"] += 1
-        log.warning("uid=%d pid=%d protocol error: %s", self.peer.uid, self.peer.pid, e)
+        self.server.protocol_log.warning(
+            "uid=%d pid=%d protocol error: %s", self.peer.uid, self.peer.pid, e
+        )
         self.cancel_all("cancelled")
         async with self.send_lock:
             await _send_all(self.sock, encode_message(error_response(e)))
