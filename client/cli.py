@@ -431,6 +431,30 @@ def cmd_cache(ns: Namespace) -> int:
     return 0
 
 
+def cmd_status(ns: Namespace) -> int:
+    """The daemon's ``stats``, one ``key: value`` per line."""
+    from wasmrun.client import remote, wire
+
+    path, _ = remote.socket_path(ns.socket)
+    session = remote.open_session(ns.socket)
+    if session is None:
+        _error(f"no wasmrund answers at {path}")
+        return 1
+    try:
+        reply = session.request(wire.simple_request("stats", 1), [], request_id=1)
+    except (OSError, ConnectionError, wire.WireError) as e:
+        _error(f"lost the connection to wasmrund: {e}")
+        return EXIT_INTERNAL
+    finally:
+        session.close()
+    if reply.type != "stats_result":
+        _error(str(reply.fields.get("message", f"unexpected answer: {reply.type}")))
+        return int(reply.fields.get("exit_code", EXIT_INTERNAL))
+    for key, value in sorted(reply.fields.get("stats", {}).items()):
+        print(f"{key}: {value}")
+    return 0
+
+
 def cmd_ldd(ns: Namespace) -> int:
     from wasmrun.runtime import LoadError
     from wasmrun.runtime.ldd import ldd
@@ -467,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ldd": cmd_ldd,
             "preload": cmd_preload,
             "cache": cmd_cache,
+            "status": cmd_status,
         }
         return commands[ns.command](ns)
     except KeyboardInterrupt:

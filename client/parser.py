@@ -13,7 +13,7 @@ from typing import Any
 
 from . import options
 
-COMMANDS = ("run", "call", "ldd", "preload", "cache")
+COMMANDS = ("run", "call", "ldd", "preload", "cache", "status")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -125,6 +125,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if wanted("preload"):
         _add(pre, options.LINK)
         pre.add_argument("libraries", nargs="+", metavar="LIB")
+
+    status = _subparser(
+        sub,
+        "status",
+        help="ask the running wasmrund for its counters",
+        description="Print wasmrund's counters: connections, workers, queued and "
+        "running requests per uid, the compiled code it holds; exit 1 if no daemon "
+        "answers.",
+    )
+    if wanted("status"):
+        _add(status, (options.DAEMON[1],))
 
     cache = _subparser(sub, "cache", help="show or clear the compiled-code cache")
     if wanted("cache"):

@@ -438,6 +438,10 @@ def parse_reply(payload: bytes) -> Reply:
         results = fields.get("results")
         if type(results) is not list or not all(type(r) in (int, float) for r in results):
             raise WireError(f"invalid field results: {results!r}")
+    elif type_ == "stats_result":
+        stats = fields.get("stats")
+        if type(stats) is not dict or not all(type(k) is str for k in stats):
+            raise WireError("invalid field stats")
     elif type_ == "error":
         kind = fields.get("kind")
         if kind not in EXIT_CODES:

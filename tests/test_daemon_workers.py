@@ -304,3 +304,28 @@ def test_the_linker_trace_goes_to_the_clients_stderr(corpus: Path) -> None:
         assert remote == local
         plain = _cli(d, corpus, str(corpus / "hello.wasm"))
         assert "libs:" not in plain.stderr  # the next request traces nothing
+
+
+def test_wasmrun_status_shows_the_daemons_counters(corpus: Path) -> None:
+    with start_daemon() as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        env = {**os.environ, "WASMRUN_SOCKET": str(d.socket)}
+        done = subprocess.run(
+            [sys.executable, "-m", "wasmrun.client.cli", "status"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+        uid = os.geteuid()
+        assert lines["daemon.requests"] == "1" and lines[f"uid.{uid}.workers"] == "1"
+        assert f"uid.{uid}.queued" in lines and "code.entries" in lines
+    gone = subprocess.run(
+        [sys.executable, "-m", "wasmrun.client.cli", "status", "--socket", str(d.socket)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert gone.returncode == 1 and gone.stderr == f"wasmrun: no wasmrund answers at {d.socket}\n"
