@@ -16,12 +16,12 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import wasmtime
 
 from . import codegen, debug
 from .core import InitModule, format_trap, initialize, trap_reason
+from .dlopen import DynamicLinker
 from .errors import (
     GuestExit,
     LimitError,
@@ -53,9 +53,6 @@ from .wasmtime_seam import (
     new_extern_array,
     new_instance,
 )
-
-if TYPE_CHECKING:
-    from .dlopen import DynamicLinker
 
 
 class GeneratedModules:
@@ -311,12 +308,12 @@ class InstanceSet:
 
     @property
     def dynamic(self):
-        """The run-time loader (guest dlopen) of this instance set."""
-        if self._dynamic is None:
-            # Imported on first use: most programs never load a library at
-            # run time. (dlopen.py does not import this module: no cycle.)
-            from .dlopen import DynamicLinker
+        """The run-time loader (guest dlopen) of this instance set.
 
+        Created on first use; its module is imported eagerly all the same,
+        since libc.so imports ``dyld`` (its dlopen) and so nearly every run
+        needs it (dlopen.py does not import this module: no cycle)."""
+        if self._dynamic is None:
             if self._loader is None:
                 raise LoadError("this instance set was created without a loader")
             self._dynamic = DynamicLinker(self, *self._loader)
