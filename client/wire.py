@@ -37,7 +37,7 @@ EXIT_CODES = {
     "internal": 70,
     "refused": 76,
     "busy": 75,
-    "shutdown": 75,
+    "shutdown": 69,
     "exit": 1,
 }
 

@@ -111,7 +111,7 @@ EXIT_CODES: Mapping[str, int] = MappingProxyType(
         "internal": 70,  # EX_SOFTWARE (sysexits.h)
         "refused": 76,  # this daemon does not serve the client's uid
         "busy": 75,  # EX_TEMPFAIL: too many connections or queued requests; retry
-        "shutdown": 75,  # EX_TEMPFAIL: the daemon is stopping; retry
+        "shutdown": 69,  # EX_UNAVAILABLE: the daemon is stopping; retry later
         "exit": 1,  # the guest called exit(N) where no status was expected: N
     }
 )

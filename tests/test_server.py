@@ -479,7 +479,7 @@ async def test_first_stop_answers_every_accepted_request(autojump_clock) -> None
         await c.send(run("ok", 3))  # too late: refused as shutting down
         answer = await c.receive()
         assert answer == Error(request_id=3, kind="shutdown", message="wasmrund is shutting down")
-        assert answer.exit_code == 75
+        assert answer.exit_code == 69  # each refusal its own status: EX_UNAVAILABLE
         h.gate("s").set()
         answers = {m.request_id: m for m in [await c.receive(), await c.receive()]}
         assert answers[1] == RunResult(request_id=1, exit_code=7)
