@@ -69,13 +69,14 @@ run            program              path                        *required*
                limits               Limits map                  all nil
                fd_roles             [str]                       []
                request_id           id                          0
+               debug                str (WASMRUN_DEBUG), <=256  ""
 dlopen         library              path                        *required*
                symbol               non-empty str               *required*
                args                 [num]                       []
                library_path,        as for run                  as for run
                preload, bind_now,
                limits, fd_roles,
-               request_id
+               request_id, debug
 preload        libraries            [path]                      *required*
                library_path         [path]                      []
                request_id           id                          0
@@ -107,7 +108,8 @@ pong            version     int >= 0                       1
                 server      str                            ""
 error           request_id  id|nil (nil: the connection)   nil
                 kind        protocol|load|trap|limit|      *required*
-                            timeout|cancelled|internal
+                            timeout|cancelled|internal|
+                            refused|busy|shutdown|exit
                 message     str (one line, by convention)  *required*
                 exit_code   int 1..255                     by kind (EXIT_CODES)
 ==============  ==========  =============================  ===================
@@ -116,7 +118,10 @@ Every response also has ``request_id`` (id, default 0). ``cancel`` has no
 response of its own: the cancelled request ends with an ``error`` of kind
 ``cancelled`` (or its normal result if it finished first). ``exit_code`` is
 what the client exits with: 127 load, 134 trap, 137 limit, 124 timeout,
-130 cancelled, 70 internal, 76 protocol.
+130 cancelled, 70 internal, 76 protocol, 76 refused (a uid the daemon does
+not serve), 75 busy (a cap or a full queue: retry), 69 shutdown (the daemon
+is stopping), and for ``exit`` (a guest called ``exit(N)`` where no status
+was expected, as in ``wasmrun call``) N itself.
 
 Example: ``Ping(request_id=7)`` is the 30-byte frame ``00 00 00 1a`` followed
 by the 26 bytes of msgpack ``{"v": 1, "type": "ping", "request_id": 7}``.
