@@ -6,7 +6,8 @@ both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
 * **Layout** (:mod:`.layout`): where a module's data, TLS block and table
   slots go, and the layout symbols.
 * **Symbol resolution** (:func:`resolve_function`, :func:`data_symbol_base`,
-  :func:`module_global_value`, :func:`check_data_export`): how a function
+  :func:`module_global_value`, :func:`check_data_export`,
+  :func:`canonical_slot`): how a function
   import binds (directly, through a PLT slot, to a weak trap, or not at
   all), what a data symbol's address is relative to, the values of a
   module's own ``env`` globals; with the messages for what goes wrong.
@@ -167,6 +168,26 @@ def resolve_function(
 def lazy_trap_message(importer_display: str, name: str) -> str:
     """What calling a missing, lazily bound function says."""
     return f"symbol lookup error: {importer_display}: undefined symbol: {name} (called lazily)"
+
+
+def canonical_slot(
+    canonical: dict[tuple[int, int], int],
+    owner: int,
+    funcidx: int,
+    allocate: Callable[[], int],
+    fill: Callable[[int], None],
+) -> int:
+    """The one table slot of function ``funcidx`` of module ``owner``, so
+    that a function pointer compares equal whichever module takes it: the
+    slot it already has (an earlier GOT.func entry or dlsym, or its module's
+    own element segment), else a new one from ``allocate`` that ``fill``
+    makes point at the function (now, or once the module is instantiated)."""
+    slot = canonical.get((owner, funcidx))
+    if slot is None:
+        slot = allocate()
+        canonical[(owner, funcidx)] = slot
+        fill(slot)
+    return slot
 
 
 # -- initialisation ------------------------------------------------------------------

@@ -46,6 +46,7 @@ from .cache import ModuleCache
 from .core import (
     FuncHow,
     InitModule,
+    canonical_slot,
     check_data_export,
     data_symbol_base,
     dependency_order,
@@ -396,14 +397,18 @@ class DynamicLinker:
     def _func_slot(self, owner: int, name: str) -> int:
         """The canonical table slot of an exported function (assigned on demand)."""
         m = self.modules[owner]
-        funcidx = m.image.info.exports[name].index
-        slot = self.canonical.get((owner, funcidx))
-        if slot is None:
-            table = self.iset.table
-            slot = table.size(self.store)
-            self._grow_table(1, self.modules[owner].image.display)
-            table.set(self.store, slot, self._export(owner, name))
-            self.canonical[(owner, funcidx)] = slot
+        return canonical_slot(
+            self.canonical,
+            owner,
+            m.image.info.exports[name].index,
+            lambda: self._new_table_slot(m.image.display),
+            lambda slot: self.iset.table.set(self.store, slot, self._export(owner, name)),
+        )
+
+    def _new_table_slot(self, who: str) -> int:
+        """One more slot at the end of the indirect function table."""
+        slot = self.iset.table.size(self.store)
+        self._grow_table(1, who)
         return slot
 
     def _export(self, owner: int, name: str):
@@ -836,15 +841,13 @@ class DynamicLinker:
             return 0
         if self.modules[owner].instance is not None:
             return self._func_slot(owner, name)
-        funcidx = self.modules[owner].image.info.exports[name].index
-        slot = self.canonical.get((owner, funcidx))
-        if slot is None:
-            table = self.iset.table
-            slot = table.size(self.store)
-            self._grow_table(1, m.image.display)
-            self.canonical[(owner, funcidx)] = slot
-            pending.append((slot, owner, name))
-        return slot
+        return canonical_slot(  # filled once the group is instantiated
+            self.canonical,
+            owner,
+            self.modules[owner].image.info.exports[name].index,
+            lambda: self._new_table_slot(m.image.display),
+            lambda slot: pending.append((slot, owner, name)),
+        )
 
     def _env_global(
         self,

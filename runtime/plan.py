@@ -22,6 +22,7 @@ from . import debug
 from .cache import ModuleCache
 from .core import (
     FuncHow,
+    canonical_slot,
     check_data_export,
     data_symbol_base,
     dependency_order,
@@ -730,13 +731,13 @@ class _Resolver:
                 return self._global(key, mutable, slot)
             return self.global_keys[key]
         funcidx = self.images[owner].info.exports[name].index
-        known = self.canonical.get((owner, funcidx))
-        if known is None:
-            slot = self._new_slot()
-            self.canonical[(owner, funcidx)] = slot
-            self.table_fills.append(TableFill(slot, (owner, name)))
-        else:
-            slot = known
+        slot = canonical_slot(
+            self.canonical,
+            owner,
+            funcidx,
+            self._new_slot,
+            lambda s: self.table_fills.append(TableFill(s, (owner, name))),
+        )
         return self._global(("GOT.func", owner, funcidx, mutable), mutable, slot)
 
     def _new_slot(self) -> int:
