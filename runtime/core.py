@@ -5,7 +5,7 @@ both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
   cycle's back-edge left to a PLT.
 * **Layout** (:mod:`.layout`): where a module's data, TLS block and table
   slots go, and the layout symbols.
-* **Symbol resolution** (:func:`resolve_function`, :func:`data_symbol_base`,
+* **Symbol resolution** (:func:`import_role`, :func:`resolve_function`, :func:`data_symbol_base`,
   :func:`module_global_value`, :func:`check_data_export`,
   :func:`canonical_slot`): how a function
   import binds (directly, through a PLT slot, to a weak trap, or not at
@@ -24,14 +24,24 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import wasmtime
 
 from .errors import GuestTrap, LoadError, SymbolError
 from .layout import LAYOUT_SYMBOLS, LayoutSymbols
 from .module import ModuleImage
-from .wasmbin import FuncType
+from .wasmbin import (
+    KIND_FUNC,
+    KIND_GLOBAL,
+    KIND_MEMORY,
+    KIND_NAMES,
+    KIND_TABLE,
+    KIND_TAG,
+    FuncType,
+    GlobalType,
+    Import,
+)
 from .wasmtime_seam import get_export
 
 # -- closure and order ------------------------------------------------------------
@@ -84,6 +94,62 @@ def data_symbol_base(
 
 
 # -- symbol resolution -------------------------------------------------------------
+
+
+# The dyld host module: toywasm's ABI (load_object, resolve_symbol) and ours.
+I32: Final = b"\x7f"
+DYLD_FUNCTIONS: Final = {
+    "load_object": FuncType((I32, I32, I32, I32), (I32,)),
+    "resolve_symbol": FuncType((I32, I32, I32, I32, I32), (I32,)),
+    "resolve_any": FuncType((I32, I32, I32, I32), (I32,)),
+    "close_object": FuncType((I32,), (I32,)),
+    "error": FuncType((I32, I32), (I32,)),
+    "describe": FuncType((I32, I32, I32, I32, I32, I32), (I32,)),
+}
+
+
+class ImportRole(enum.Enum):
+    """What an import asks the linker for, whoever links it."""
+
+    MEMORY = "env memory"  # the shared linear memory
+    TABLE = "env table"  # the shared indirect function table
+    TAG = "env tag"  # an exception tag, shared by the run
+    ENV_GLOBAL = "env global"  # stack pointer, bases, layout symbols, others' globals
+    FUNCTION = "env function"  # a function of the symbol scope
+    GOT_MEM = "GOT.mem"  # a data symbol's address
+    GOT_FUNC = "GOT.func"  # a function's table slot
+    WASI = "WASI"  # a WASI preview 1 function
+    DYLD = "dyld"  # a dyld host function (guest dlopen)
+
+
+def import_role(importer: ModuleImage, imp: Import) -> ImportRole:
+    """Classify one import; a :class:`SymbolError` for one no linker
+    provides (an unknown module, a dyld function of the wrong type)."""
+    mod, kind = imp.module, imp.kind
+    if mod == "env":
+        if kind == KIND_MEMORY:
+            return ImportRole.MEMORY
+        if kind == KIND_TABLE:
+            return ImportRole.TABLE
+        if kind == KIND_TAG and isinstance(imp.desc, FuncType):
+            return ImportRole.TAG
+        if kind == KIND_GLOBAL and isinstance(imp.desc, GlobalType):
+            return ImportRole.ENV_GLOBAL
+        if kind == KIND_FUNC and isinstance(imp.desc, FuncType):
+            return ImportRole.FUNCTION
+    elif mod in ("GOT.mem", "GOT.func") and isinstance(imp.desc, GlobalType):
+        return ImportRole.GOT_MEM if mod == "GOT.mem" else ImportRole.GOT_FUNC
+    elif mod == "dyld" and kind == KIND_FUNC:
+        if DYLD_FUNCTIONS.get(imp.name) != imp.desc:
+            raise SymbolError(
+                f"{importer.display}: unknown dyld function {imp.name} with type {imp.desc}"
+            )
+        return ImportRole.DYLD
+    elif mod == "wasi_snapshot_preview1" and kind == KIND_FUNC:
+        return ImportRole.WASI
+    raise SymbolError(
+        f"{importer.display}: unknown import {mod}.{imp.name} ({KIND_NAMES.get(kind, '?')})"
+    )
 
 
 def module_global_value(

@@ -44,13 +44,16 @@ import wasmtime
 from . import codegen, debug
 from .cache import ModuleCache
 from .core import (
+    DYLD_FUNCTIONS,
     FuncHow,
+    ImportRole,
     InitModule,
     canonical_slot,
     check_data_export,
     data_symbol_base,
     dependency_order,
     format_trap,
+    import_role,
     initialize,
     lazy_trap_message,
     module_global_value,
@@ -61,14 +64,11 @@ from .errors import LoadError, WasmrunError, wasmtime_message
 from .layout import LAYOUT_SYMBOLS, PAGE, place_memory, place_table, signed_i32, tls_block
 from .limits import RunLimits
 from .module import ModuleImage
-from .plan import DYLD_FUNCTIONS, SCOPE_EXCLUDED, LinkPlan
+from .plan import SCOPE_EXCLUDED, LinkPlan
 from .search import SearchPath, file_identity
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
-    KIND_MEMORY,
-    KIND_TABLE,
-    KIND_TAG,
     FuncType,
     GlobalType,
 )
@@ -721,31 +721,36 @@ class DynamicLinker:
             externs: list = []
             stubs: list[tuple[int, FuncType, int | None, str]] = []  # (pos, type, owner, name)
             for pos, imp in enumerate(image.info.imports):
-                mod, name, kind, desc = imp.module, imp.name, imp.kind, imp.desc
+                mod, name, desc = imp.module, imp.name, imp.desc
                 weak = image.dylink is not None and image.dylink.is_weak_import(mod, name)
-                if mod == "env" and kind == KIND_MEMORY:
+                role = import_role(image, imp)
+                if role is ImportRole.MEMORY:
                     externs.append(self._mem())
-                elif mod == "env" and kind == KIND_TABLE:
+                elif role is ImportRole.TABLE:
                     externs.append(self.iset.table)
-                elif mod == "env" and kind == KIND_TAG and isinstance(desc, FuncType):
+                elif role is ImportRole.TAG:
+                    assert isinstance(desc, FuncType)
                     externs.append(self._tag(name, desc))
-                elif mod == "env" and kind == KIND_GLOBAL and isinstance(desc, GlobalType):
+                elif role is ImportRole.ENV_GLOBAL:
+                    assert isinstance(desc, GlobalType)
                     externs.append(self._env_global(m, name, desc.mutable, global_))
-                elif mod == "GOT.mem" and isinstance(desc, GlobalType):
+                elif role is ImportRole.GOT_MEM:
+                    assert isinstance(desc, GlobalType)
                     value = self._got_mem(m, name, local, weak, missing)
                     externs.append(global_(desc.mutable, value))
                     if debug.BINDINGS:
                         _trace_got(image, mod, name, value, weak, "address")
-                elif mod == "GOT.func" and isinstance(desc, GlobalType):
+                elif role is ImportRole.GOT_FUNC:
+                    assert isinstance(desc, GlobalType)
                     slot = self._got_func(m, name, local, weak, missing, pending_slots)
                     externs.append(global_(desc.mutable, slot))
                     if debug.BINDINGS:
                         _trace_got(image, mod, name, slot, weak, "slot")
-                elif mod == "wasi_snapshot_preview1":
+                elif role is ImportRole.WASI:
                     externs.append(self._wasi(name))
-                elif mod == "dyld":
+                elif role is ImportRole.DYLD:
                     externs.append(self.host_function(name))
-                elif mod == "env" and kind == KIND_FUNC:
+                else:  # ImportRole.FUNCTION
                     assert isinstance(desc, FuncType)
                     if name == "__cxa_atexit" and desc == FuncType((b"\x7f",) * 3, (b"\x7f",)):
                         externs.append(self._atexit_func())
@@ -778,8 +783,6 @@ class DynamicLinker:
                         missing.append(res.message)
                     externs.append(None)
                     stubs.append((pos, desc, owner, name))  # back-edge or lazily missing
-                else:
-                    raise DlError(f"{image.display}: unknown import {mod}.{name}", errno.ENOEXEC)
             if missing:
                 raise DlError("symbol lookup error: " + "; ".join(missing), errno.ENOEXEC)
             if stubs:

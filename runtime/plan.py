@@ -22,10 +22,12 @@ from . import debug
 from .cache import ModuleCache
 from .core import (
     FuncHow,
+    ImportRole,
     canonical_slot,
     check_data_export,
     data_symbol_base,
     dependency_order,
+    import_role,
     module_global_value,
     resolve_function,
 )
@@ -48,7 +50,6 @@ from .wasmbin import (
     KIND_MEMORY,
     KIND_NAMES,
     KIND_TABLE,
-    KIND_TAG,
     FuncType,
     GlobalType,
     Limits,
@@ -146,18 +147,6 @@ Binding = (
 )
 BIND_MEMORY: Final = BindMemory()
 BIND_TABLE: Final = BindTable()
-
-# The dyld host module: toywasm's ABI (load_object, resolve_symbol) and ours.
-I32: Final = b"\x7f"
-DYLD_FUNCTIONS: Final = {
-    "load_object": FuncType((I32, I32, I32, I32), (I32,)),
-    "resolve_symbol": FuncType((I32, I32, I32, I32, I32), (I32,)),
-    "resolve_any": FuncType((I32, I32, I32, I32), (I32,)),
-    "close_object": FuncType((I32,), (I32,)),
-    "error": FuncType((I32, I32), (I32,)),
-    "describe": FuncType((I32, I32, I32, I32, I32, I32), (I32,)),
-}
-
 
 # Keys of the planned globals holding a module's own bases (one per module).
 _MODULE_GLOBAL_KEYS: Final = {"__memory_base": "mb", "__table_base": "tb", "__tls_base": "tls"}
@@ -777,41 +766,36 @@ class _Resolver:
         image = self.images[mi]
         binds: list[Binding] = []
         for imp in image.info.imports:
-            mod, name, kind, desc = imp.module, imp.name, imp.kind, imp.desc
-            if mod == "env":
-                if kind == KIND_MEMORY:
-                    binds.append(BIND_MEMORY)
-                elif kind == KIND_TABLE:
-                    binds.append(BIND_TABLE)
-                elif kind == KIND_GLOBAL:
-                    assert isinstance(desc, GlobalType)
-                    binds.append(self._env_global(mi, name, desc))
-                elif kind == KIND_TAG:
-                    assert isinstance(desc, FuncType)
-                    if name in self.tags and self.tags[name] != desc:
-                        raise SymbolError(
-                            f"{image.display}: tag {name} has type {desc}, "
-                            f"another module uses {self.tags[name]}"
-                        )
-                    self.tags.setdefault(name, desc)
-                    binds.append(BindTag(list(self.tags).index(name)))
-                else:
-                    assert isinstance(desc, FuncType)
-                    binds.append(self._func(mi, name, desc))
-            elif mod in ("GOT.mem", "GOT.func") and kind == KIND_GLOBAL:
+            name, desc = imp.name, imp.desc
+            role = import_role(image, imp)
+            if role is ImportRole.FUNCTION:
+                assert isinstance(desc, FuncType)
+                binds.append(self._func(mi, name, desc))
+            elif role is ImportRole.GOT_MEM or role is ImportRole.GOT_FUNC:
                 assert isinstance(desc, GlobalType)
-                if mod == "GOT.mem":
+                if role is ImportRole.GOT_MEM:
                     binds.append(BindGlobal(self._got_mem(mi, name, desc.mutable)))
                 else:
                     binds.append(BindGlobal(self._got_func(mi, name, desc.mutable)))
-            elif mod == "dyld" and kind == KIND_FUNC:
-                expected = DYLD_FUNCTIONS.get(name)
-                if expected is None or expected != desc:
+            elif role is ImportRole.ENV_GLOBAL:
+                assert isinstance(desc, GlobalType)
+                binds.append(self._env_global(mi, name, desc))
+            elif role is ImportRole.MEMORY:
+                binds.append(BIND_MEMORY)
+            elif role is ImportRole.TABLE:
+                binds.append(BIND_TABLE)
+            elif role is ImportRole.TAG:
+                assert isinstance(desc, FuncType)
+                if name in self.tags and self.tags[name] != desc:
                     raise SymbolError(
-                        f"{image.display}: unknown dyld function {name} with type {desc}"
+                        f"{image.display}: tag {name} has type {desc}, "
+                        f"another module uses {self.tags[name]}"
                     )
+                self.tags.setdefault(name, desc)
+                binds.append(BindTag(list(self.tags).index(name)))
+            elif role is ImportRole.DYLD:
                 binds.append(BindHost(name))
-            elif mod == "wasi_snapshot_preview1" and kind == KIND_FUNC:
+            else:  # ImportRole.WASI
                 assert isinstance(desc, FuncType)
                 prev = self.wasi.setdefault(name, desc)
                 if prev != desc:
@@ -820,10 +804,6 @@ class _Resolver:
                         f"another module uses {prev}"
                     )
                 binds.append(BindWasi(name))
-            else:
-                raise SymbolError(
-                    f"{image.display}: unknown import {mod}.{name} ({KIND_NAMES.get(kind, '?')})"
-                )
         if debug.BINDINGS:
             for imp, b in zip(image.info.imports, binds, strict=True):
                 what = self._describe(image, imp.module, imp.name, b)

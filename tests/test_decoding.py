@@ -57,7 +57,7 @@ def test_all_five_subsections_and_unknown_ones_skipped():
 def test_legacy_dylink_section():
     payload = uleb(64) + uleb(2) + uleb(3) + uleb(0) + uleb(1) + name("libold.so")
     data = module_with_dylink(payload, "dylink")
-    image = decode(data, "libold.so", "libold.so", engine=None)  # type: ignore[arg-type]
+    image = decode(data, "libold.so", "libold.so", engine=None)
     assert image.dylink is not None and image.dylink.legacy
     assert (image.dylink.mem_size, image.dylink.needed) == (64, ("libold.so",))
     info = parse_module(data, "x")
