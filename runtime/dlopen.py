@@ -770,7 +770,9 @@ class DynamicLinker:
                             FuncHow.DIRECT: f"{om and om.image.display} (direct)",
                             FuncHow.DEFERRED: f"{om and om.image.display} (PLT: in this group)",
                             FuncHow.WEAK: "undefined weak (traps if called)",
-                            FuncHow.UNDEFINED: "undefined (lazy: PLT slot that traps if called)",
+                            FuncHow.UNDEFINED: "undefined (reported: RTLD_NOW)"
+                            if bind_now
+                            else "undefined (lazy: PLT slot that traps if called)",
                         }[res.how]
                         debug.trace("bindings", f"{image.display}: env.{name} => {what}")
                     if owner is not None and res.how is FuncHow.DIRECT:

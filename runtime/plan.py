@@ -820,8 +820,8 @@ class _Resolver:
                 if target is None:
                     return "undefined (lazy: PLT slot that traps if called)"
                 return f"{self.images[target[0]].display} (PLT: instantiated later)"
-            case BindTrap(i):
-                if self.traps[i].message.startswith("call to undefined weak"):
+            case BindTrap(_):
+                if image.dylink is not None and image.dylink.is_weak_import(mod, name):
                     return "undefined weak (traps if called)"
                 return "undefined (reported: bind-now)"
             case BindExport(owner, _):
