@@ -103,7 +103,10 @@ def start_daemon(
 class Client:
     """A persistent connection sending hello-world runs, as wasmrun does."""
 
-    def __init__(self, path: Path, program: Path, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, path: Path, program: Path, args: tuple[str, ...] = (), legacy: bool = False
+    ) -> None:
+        self.legacy = legacy  # an earlier daemon, which knows no "debug" field
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(path))
         self.program = program
@@ -131,6 +134,9 @@ class Client:
             fd_roles=["stdout", "program"],
             request_id=rid,
         )
+        if self.legacy:
+            body = wire.unpackb(frame[4:])
+            frame = wire.frame({k: v for k, v in body.items() if k != "debug"})
         fds = array.array("i", [self.out_fd, self.prog_fd]).tobytes()
         t0 = time.perf_counter()
         self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -361,7 +367,8 @@ def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[in
     try:
         sock = scratch / "d.sock"
         calls = corpus / "callloop.wasm"
-        clients = [Client(sock, calls, ("3000000",)) for _ in range(4)]
+        legacy = pythonpath is not None
+        clients = [Client(sock, calls, ("3000000",), legacy) for _ in range(4)]
         threads = [threading.Thread(target=c.run) for c in clients]
         for t in threads:  # four long runs at once: four workers
             t.start()
@@ -369,7 +376,7 @@ def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[in
             t.join()
         for c in clients:
             c.close()
-        hello = Client(sock, corpus / "hello.wasm")
+        hello = Client(sock, corpus / "hello.wasm", legacy=legacy)
         for _ in range(20):
             hello.run()
         hello.close()
