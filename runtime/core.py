@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Sequence
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import wasmtime
 
+from . import debug
 from .errors import GuestTrap, LoadError, SymbolError
 from .layout import LAYOUT_SYMBOLS, LayoutSymbols
 from .module import ModuleImage
@@ -77,6 +78,86 @@ def dependency_order(
             else:
                 order.append(node)
     return order
+
+
+class NeededSource(Protocol):
+    """What the NEEDED walk needs from whoever loads (the planner's
+    :class:`~.plan.Loader`, dlopen's group): its modules by index, its own
+    rules for finding and loading a file, and its own error messages."""
+
+    def image(self, index: int) -> ModuleImage:
+        """The decoded module ``index``."""
+        ...
+
+    def count(self) -> int:
+        """How many modules there are; a module loaded next gets this index."""
+        ...
+
+    def loaded_by_name(self, name: str) -> int | None:
+        """A loaded module that NEEDED name ``name`` is reused for, without a
+        search (a bare name a loaded library answers to), or None."""
+        ...
+
+    def find(self, name: str, requester: ModuleImage) -> str:
+        """The file NEEDED name ``name`` of ``requester`` resolves to; raises
+        (the source's own error) if there is none."""
+        ...
+
+    def add(self, path: str, name: str) -> int:
+        """Load ``path`` (NEEDED ``name``), or find it loaded by file identity
+        (:func:`~.search.file_identity`); its index. Raises the source's own
+        errors (limits, not a shared library)."""
+        ...
+
+    def link(
+        self, index: int, name: str, path: str | None, dep: int | None, error: str | None
+    ) -> None:
+        """Record how NEEDED ``name`` of module ``index`` resolved: to file
+        ``path`` and module ``dep``; ``dep`` None (non-strict only): not
+        found, or ``error`` says why it failed to load."""
+        ...
+
+
+def load_needed(source: NeededSource, start: Sequence[int], strict: bool = True) -> None:
+    """The load phase's NEEDED walk, the same at start-up and on dlopen:
+    breadth-first from ``start``, each NEEDED name reused if a loaded module
+    answers to it, else found and loaded (a file loaded already, by
+    identity, is reused); modules loaded by the walk are walked in turn,
+    modules that existed before it are not. With ``strict=False`` (ldd) a
+    library that is missing or fails to load (a :class:`LoadError`) is
+    recorded through ``link`` and the walk goes on."""
+    queue = list(start)
+    i = 0
+    while i < len(queue):
+        mi = queue[i]
+        image = source.image(mi)
+        for dep in image.needed:
+            j = source.loaded_by_name(dep)
+            if j is not None:
+                found = source.image(j).path
+                if debug.LIBS:
+                    why = f"needed by {image.display}; already loaded"
+                    debug.trace("libs", f"{dep} => {found} ({why})")
+            else:
+                try:
+                    found = source.find(dep, image)
+                except LoadError:
+                    if strict:
+                        raise
+                    source.link(mi, dep, None, None, None)
+                    continue
+                before = source.count()
+                try:
+                    j = source.add(found, dep)
+                except LoadError as e:
+                    if strict:
+                        raise
+                    source.link(mi, dep, found, None, str(e))
+                    continue
+                if j >= before:
+                    queue.append(j)
+            source.link(mi, dep, found, j, None)
+        i += 1
 
 
 # -- symbol values -----------------------------------------------------------------

@@ -56,6 +56,7 @@ from .core import (
     import_role,
     initialize,
     lazy_trap_message,
+    load_needed,
     module_global_value,
     resolve_function,
     to_wasmtime_functype,
@@ -210,6 +211,39 @@ class _WeakHostCall:
         if loader is None:
             raise wasmtime.Trap("the run this function belonged to is over")
         return getattr(loader, self._method)(*args)
+
+
+class _GroupSource:
+    """The modules of a run as :func:`~.core.load_needed` walks them for one
+    dlopen: the libraries it loads go into ``new``."""
+
+    __slots__ = ("_linker", "_new")
+
+    def __init__(self, linker: DynamicLinker, new: list[int]) -> None:
+        self._linker = linker
+        self._new = new
+
+    def image(self, index: int) -> ModuleImage:
+        return self._linker.modules[index].image
+
+    def count(self) -> int:
+        return len(self._linker.modules)
+
+    def loaded_by_name(self, name: str) -> int | None:
+        return self._linker._loaded_by_name(name)
+
+    def find(self, name: str, requester: ModuleImage) -> str:
+        return self._linker._find_needed(name, requester)
+
+    def add(self, path: str, name: str) -> int:
+        return self._linker._add_module(path, name, self._new)
+
+    def link(
+        self, index: int, name: str, path: str | None, dep: int | None, error: str | None
+    ) -> None:
+        needed = self._linker.modules[index].needed
+        if dep is not None and dep not in needed:
+            needed.append(dep)
 
 
 class DynamicLinker:
@@ -545,31 +579,7 @@ class DynamicLinker:
         try:
             # 1. The closure of not-yet-loaded modules, breadth first.
             root = self._add_module(path, name, new)
-            i = 0
-            while i < len(new):
-                m = self.modules[new[i]]
-                rpath = m.image.dylink.runtime_path if m.image.dylink else ()
-                for dep in m.image.needed:
-                    j = self._loaded_by_name(dep)
-                    if j is None:
-                        found = self.search.find(dep, m.image.path, rpath)
-                        if found is None:
-                            raise DlError(
-                                f"{dep}: cannot open shared object file: No such file or "
-                                f"directory (needed by {m.image.display})"
-                            )
-                        if debug.LIBS:
-                            rule = self.search.rule_for(found, dep, m.image.path, rpath)
-                            why = f"needed by {m.image.display}; found via {rule}"
-                            debug.trace("libs", f"{dep} => {found} ({why})")
-                        j = self._add_module(found, dep, new)
-                    elif debug.LIBS:
-                        where = self.modules[j].image.path
-                        why = f"needed by {m.image.display}; already loaded"
-                        debug.trace("libs", f"{dep} => {where} ({why})")
-                    if j not in m.needed:
-                        m.needed.append(j)
-                i += 1
+            load_needed(_GroupSource(self, new), [root])
             # 2. Memory and table, instances, relocations, constructors.
             self._layout(new)
             order = dependency_order(
@@ -581,6 +591,22 @@ class DynamicLinker:
             self._forget(first, new)
             raise
         return root
+
+    def _find_needed(self, dep: str, requester: ModuleImage) -> str:
+        """The file of a NEEDED entry of a library being loaded (no search
+        root confinement: the library's own RUNTIME_PATH applies)."""
+        rpath = requester.dylink.runtime_path if requester.dylink else ()
+        found = self.search.find(dep, requester.path, rpath)
+        if found is None:
+            raise DlError(
+                f"{dep}: cannot open shared object file: No such file or "
+                f"directory (needed by {requester.display})"
+            )
+        if debug.LIBS:
+            rule = self.search.rule_for(found, dep, requester.path, rpath)
+            why = f"needed by {requester.display}; found via {rule}"
+            debug.trace("libs", f"{dep} => {found} ({why})")
+        return found
 
     def _loaded_by_name(self, dep: str) -> int | None:
         """A NEEDED name that a loaded library already answers to: reused

@@ -28,6 +28,7 @@ from .core import (
     data_symbol_base,
     dependency_order,
     import_role,
+    load_needed,
     module_global_value,
     resolve_function,
 )
@@ -344,6 +345,28 @@ class Loader:
             )
         return found
 
+    # The NEEDED walk itself is core.load_needed's (dlopen's too); these
+    # are the source it walks (core.NeededSource).
+
+    def image(self, index: int) -> ModuleImage:
+        return self.images[index]
+
+    def count(self) -> int:
+        return len(self.images)
+
+    def loaded_by_name(self, name: str) -> int | None:
+        return None if "/" in name else self.by_name.get(name)
+
+    def find(self, name: str, requester: ModuleImage) -> str:
+        return self.resolve(name, requester)
+
+    def link(
+        self, index: int, name: str, path: str | None, dep: int | None, error: str | None
+    ) -> None:
+        self.edges[index].append(NeededEdge(name, path, dep, error))
+        if dep is not None and dep not in self.needed[index]:
+            self.needed[index].append(dep)
+
     def closure(self, root_path: str, preload: Sequence[str], strict: bool = True) -> list[int]:
         """Load root, preloads and every NEEDED library; returns preload indices.
 
@@ -355,36 +378,7 @@ class Loader:
         pre = []
         for p in preload:
             pre.append(self.add(self.resolve(p, self.images[root], preload=True), p))
-        i = 0
-        while i < len(self.images):
-            image = self.images[i]
-            for dep in image.needed:
-                if "/" not in dep and dep in self.by_name:
-                    j = self.by_name[dep]
-                    found = self.images[j].path
-                    if debug.LIBS:
-                        debug.trace(
-                            "libs", f"{dep} => {found} (needed by {image.display}; already loaded)"
-                        )
-                else:
-                    try:
-                        found = self.resolve(dep, image)
-                    except LoadError:
-                        if strict:
-                            raise
-                        self.edges[i].append(NeededEdge(dep, None, None))
-                        continue
-                    try:
-                        j = self.add(found, dep)
-                    except LoadError as e:
-                        if strict:
-                            raise
-                        self.edges[i].append(NeededEdge(dep, found, None, str(e)))
-                        continue
-                self.edges[i].append(NeededEdge(dep, found, j))
-                if j not in self.needed[i]:
-                    self.needed[i].append(j)
-            i += 1
+        load_needed(self, range(len(self.images)), strict)
         return pre
 
 
