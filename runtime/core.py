@@ -23,7 +23,7 @@ the run that :class:`~.dlopen.LinkedRun` describes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Final, NamedTuple, Protocol
 
 import wasmtime
@@ -31,7 +31,7 @@ import wasmtime
 from . import debug
 from .errors import GuestTrap, LoadError, SymbolError
 from .layout import LAYOUT_SYMBOLS, LayoutSymbols
-from .module import ModuleImage
+from .module import HOUSEKEEPING_EXPORTS, ModuleImage
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
@@ -39,6 +39,7 @@ from .wasmbin import (
     KIND_NAMES,
     KIND_TABLE,
     KIND_TAG,
+    Export,
     FuncType,
     GlobalType,
     Import,
@@ -158,6 +159,63 @@ def load_needed(source: NeededSource, start: Sequence[int], strict: bool = True)
                     queue.append(j)
             source.link(mi, dep, found, j, None)
         i += 1
+
+
+# -- the symbol scope ---------------------------------------------------------------
+
+# Exports that never enter a symbol scope: per-module housekeeping, the
+# names the linker defines itself, and a program's entry and data bounds.
+SCOPE_EXCLUDED: Final = (
+    HOUSEKEEPING_EXPORTS
+    | LAYOUT_SYMBOLS
+    | {
+        "__data_end",
+        "__global_base",
+        "_start",
+    }
+)
+
+
+def global_scope(images: Sequence[ModuleImage]) -> dict[str, int]:
+    """The load-time global scope, precomputed: each name to the first
+    module in load order that exports it (of any kind), as in ELF."""
+    scope: dict[str, int] = {}
+    for idx, image in enumerate(images):
+        for name in image.info.exports:
+            if name not in SCOPE_EXCLUDED and name not in scope:
+                scope[name] = idx
+    return scope
+
+
+def scope_lookup(
+    name: str,
+    want: int | None,
+    table: Mapping[str, int],
+    later: Iterable[int],
+    exports: Callable[[int], Mapping[str, Export] | None],
+) -> int | None:
+    """Which module ``name`` resolves to, the one lookup rule of start-up
+    and dlopen: the precomputed ``table`` (:func:`global_scope`) first,
+    then the modules of ``later`` in order (dlopen's RTLD_GLOBAL libraries,
+    or an RTLD_LOCAL scope). A module must export ``name`` as a ``want``
+    kind (None: any); one of another kind is passed over. ``exports`` gives
+    a module's exports, None for one that is closed (skipped)."""
+    if name in SCOPE_EXCLUDED:
+        return None
+    owner = table.get(name)
+    if owner is not None:
+        ex = exports(owner)
+        exp = None if ex is None else ex.get(name)
+        if exp is not None and (want is None or exp.kind == want):
+            return owner
+    for mi in later:
+        ex = exports(mi)
+        if ex is None:
+            continue
+        exp = ex.get(name)
+        if exp is not None and (want is None or exp.kind == want):
+            return mi
+    return None
 
 
 # -- symbol values -----------------------------------------------------------------

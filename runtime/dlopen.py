@@ -45,6 +45,7 @@ from . import codegen, debug
 from .cache import ModuleCache
 from .core import (
     DYLD_FUNCTIONS,
+    SCOPE_EXCLUDED,
     FuncHow,
     ImportRole,
     InitModule,
@@ -59,17 +60,19 @@ from .core import (
     load_needed,
     module_global_value,
     resolve_function,
+    scope_lookup,
     to_wasmtime_functype,
 )
 from .errors import LoadError, WasmrunError, wasmtime_message
 from .layout import LAYOUT_SYMBOLS, PAGE, place_memory, place_table, signed_i32, tls_block
 from .limits import RunLimits
 from .module import ModuleImage
-from .plan import SCOPE_EXCLUDED, LinkPlan
+from .plan import LinkPlan
 from .search import SearchPath, file_identity
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
+    Export,
     FuncType,
     GlobalType,
 )
@@ -405,24 +408,17 @@ class DynamicLinker:
 
     # -- lookup -----------------------------------------------------------------
 
+    def _open_exports(self, index: int) -> dict[str, Export] | None:
+        """A module's exports for the scope lookup; None once it is closed."""
+        m = self.modules[index]
+        return None if m.closed else m.image.info.exports
+
     def _scope_lookup(self, name: str, scope: list[int], want: int | None) -> int | None:
-        for mi in scope:
-            m = self.modules[mi]
-            if m.closed:
-                continue
-            exp = m.image.info.exports.get(name)
-            if exp is not None and name not in SCOPE_EXCLUDED:
-                if want is None or exp.kind == want:
-                    return mi
-        return None
+        return scope_lookup(name, want, {}, scope, self._open_exports)
 
     def _global_lookup(self, name: str, want: int | None) -> int | None:
-        owner = self.iset.plan.scope.get(name)
-        if owner is not None:
-            kind = self.modules[owner].image.info.exports[name].kind
-            if want is None or kind == want:
-                return owner
-        return self._scope_lookup(name, self.global_dynamic, want)
+        plan_scope = self.iset.plan.scope
+        return scope_lookup(name, want, plan_scope, self.global_dynamic, self._open_exports)
 
     def _lookup(self, name: str, local: list[int], want: int | None) -> int | None:
         owner = self._global_lookup(name, want)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import wasmtime
 
 from . import codegen, debug
-from .core import InitModule, format_trap, initialize, trap_reason
+from .core import InitModule, format_trap, initialize, scope_lookup, trap_reason
 from .dlopen import DynamicLinker
 from .errors import (
     GuestExit,
@@ -540,7 +540,10 @@ class InstanceSet:
 
     def lookup(self, symbol: str) -> wasmtime.Func | int | None:
         """A function, or the address of a data symbol, from the global scope."""
-        owner = self.plan.scope.get(symbol)
+        modules = self.plan.modules
+        owner = scope_lookup(
+            symbol, None, self.plan.scope, (), lambda i: modules[i].image.info.exports
+        )
         if debug.SYMBOLS:
             found = "not found" if owner is None else self.plan.modules[owner].image.display
             debug.trace("symbols", f'lookup "{symbol}" in the global scope => {found}')

@@ -27,10 +27,12 @@ from .core import (
     check_data_export,
     data_symbol_base,
     dependency_order,
+    global_scope,
     import_role,
     load_needed,
     module_global_value,
     resolve_function,
+    scope_lookup,
 )
 from .errors import LimitError, LoadError, SymbolError
 from .layout import (
@@ -43,7 +45,7 @@ from .layout import (
     place_memory,
     place_table,
 )
-from .module import HOUSEKEEPING_EXPORTS, ModuleImage
+from .module import ModuleImage
 from .search import SearchPath, file_identity
 from .wasmbin import (
     KIND_FUNC,
@@ -51,20 +53,11 @@ from .wasmbin import (
     KIND_MEMORY,
     KIND_NAMES,
     KIND_TABLE,
+    Export,
     FuncType,
     GlobalType,
     Limits,
     TableType,
-)
-
-SCOPE_EXCLUDED: Final = (
-    HOUSEKEEPING_EXPORTS
-    | LAYOUT_SYMBOLS
-    | {
-        "__data_end",
-        "__global_base",
-        "_start",
-    }
 )
 
 # Bindings: what each import of a module is bound to, one per import, in
@@ -575,11 +568,7 @@ class _Resolver:
         self.tags: dict[str, FuncType] = {}
         self.errors: list[str] = []
         self.unresolved: list[tuple[str, str, str]] = []
-        self.scope: dict[str, int] = {}
-        for idx, image in enumerate(images):
-            for name in image.info.exports:
-                if name not in SCOPE_EXCLUDED and name not in self.scope:
-                    self.scope[name] = idx
+        self.scope = global_scope(images)
         self._index_elements()
 
     # -- helpers -----------------------------------------------------------
@@ -619,8 +608,11 @@ class _Resolver:
         self.unresolved.append((importer.display, name, kind))
         self.errors.append(f"{importer.display}: undefined symbol: {name} ({kind})")
 
+    def _exports(self, index: int) -> dict[str, Export]:
+        return self.images[index].info.exports
+
     def _owner(self, name: str, want: int, importer: ModuleImage) -> int | None:
-        owner = self.scope.get(name)
+        owner = scope_lookup(name, None, self.scope, (), self._exports)
         if owner is None:
             return None
         exp = self.images[owner].info.exports[name]
