@@ -1,8 +1,11 @@
 """The linking core: the phases that loading a program and guest ``dlopen``
 both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
 
-* **Closure and order** (:func:`dependency_order`): dependencies first, a
-  cycle's back-edge left to a PLT.
+* **Closure and order** (:func:`load_needed`, :func:`dependency_order`):
+  the NEEDED walk, breadth-first and de-duplicated, then dependencies
+  first, a cycle's back-edge left to a PLT.
+* **Scope** (:func:`global_scope`, :func:`scope_lookup`): which module's
+  export a symbol resolves to.
 * **Layout** (:mod:`.layout`): where a module's data, TLS block and table
   slots go, and the layout symbols.
 * **Symbol resolution** (:func:`import_role`, :func:`resolve_function`, :func:`data_symbol_base`,
