@@ -368,7 +368,8 @@ class Server:
         """Out of descriptors (or memory): keep serving the connections we
         have, retry shortly, and say so at most once a second."""
         self.counters["daemon.accept_errors"] += 1
-        self.accept_log.warning("accept: %s; retrying", e.strerror)
+        if self.accept_log.warning("accept: %s; retrying", e.strerror):
+            notify(f"STATUS=accept: {e.strerror}; retrying")
 
     async def connection(self, sock: trio.socket.SocketType) -> None:
         """Serve one accepted connection to its end."""
@@ -442,16 +443,18 @@ class _Throttled:
         self.last = -math.inf
         self.skipped = 0
 
-    def warning(self, fmt: str, *args: object) -> None:
+    def warning(self, fmt: str, *args: object) -> bool:
+        """Log (True) or count (False)."""
         now = time.monotonic()
         if now - self.last < self.interval:
             self.skipped += 1
-            return
+            return False
         if self.skipped:
             fmt += f" (and {self.skipped} more like it)"
         log.warning(fmt, *args)
         self.last = now
         self.skipped = 0
+        return True
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> bool:

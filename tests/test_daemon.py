@@ -54,11 +54,30 @@ def _short_dir() -> Path:
 class Daemon:
     """A wasmrund subprocess and where to reach it."""
 
-    def __init__(self, proc: subprocess.Popen, directory: Path, sock: Path, log: Path) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        directory: Path,
+        sock: Path,
+        log: Path,
+        notify: socket.socket | None = None,
+    ) -> None:
         self.proc = proc
         self.dir = directory
         self.socket = sock
         self.log_path = log
+        self.notify = notify  # our stand-in for systemd's notification socket
+
+    def wait_notify(self, state: bytes) -> bytes:
+        """Block until the daemon sends a notification with a line starting
+        with ``state`` (sd_notify: READY=1, STOPPING=1, STATUS=...)."""
+        assert self.notify is not None
+        self.notify.settimeout(TIMEOUT)
+        while True:
+            message = self.notify.recv(4096)
+            for line in message.split(b"\n"):
+                if line.startswith(state):
+                    return line
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -67,6 +86,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(TIMEOUT)
+        if self.notify is not None:
+            self.notify.close()
 
     def __enter__(self) -> Daemon:
         return self
@@ -118,7 +139,7 @@ def start_daemon(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
     full_env.update(env or {})
     full_env["NOTIFY_SOCKET"] = str(directory / "notify")
-    with notify, open(log, "wb") as log_file:
+    with open(log, "wb") as log_file:
         proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -130,11 +151,12 @@ def start_daemon(
         try:
             _wait_ready(notify, proc, log)
         except BaseException:
+            notify.close()
             proc.kill()
             proc.wait(TIMEOUT)
             shutil.rmtree(directory, ignore_errors=True)
             raise
-    return Daemon(proc, directory, sock, log)
+    return Daemon(proc, directory, sock, log, notify)
 
 
 def client(
