@@ -668,7 +668,7 @@ def test_sigterm_drains_a_running_request_then_exits_0(corpus: Path, tmp_path: P
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             d.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            d.wait_notify(b"STOPPING=1")  # sent once the listening socket is closed
             assert d.proc.poll() is None, "exited without draining"
             with pytest.raises(OSError):  # no longer accepting
                 Raw(d.socket)
