@@ -69,7 +69,7 @@ from .identity import Identity
 from .peer import Peer, peer_of
 from .scheduler import Busy, Scheduler
 from .systemd import listen_fds, notify
-from .workers import SpawnFailed, Stop, WorkerDied, WorkerGone
+from .workers import SpawnFailed, Stop, WorkerDied, WorkerGone, WorkerKilled
 
 log = logging.getLogger("wasmrund")
 
@@ -509,10 +509,15 @@ async def _refuse(sock: trio.socket.SocketType, err: Error, linger: float) -> No
 
 
 class _Inflight:
-    """A request in flight: how to stop it, while it waits for a worker
-    (``scope``) or runs on one (``stop``)."""
+    """A request in flight: what goes to its worker (the message as
+    received, its descriptors and their roles), and how to stop it while it
+    waits for a worker (``scope``) or runs on one (``stop``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, msg: Run | Dlopen | Preload, payload: bytes, fds: list[int]) -> None:
+        self.msg = msg
+        self.payload = payload  # the frame body as received: the worker decodes it
+        self.roles = list(getattr(msg, "fd_roles", ()))
+        self.fds = fds
         self.scope = trio.CancelScope()
         self.stop = Stop()
         self.reason = "cancelled"
@@ -729,34 +734,26 @@ class _ConnectionHandler:
                     )
                 )
                 return
-            job = _Inflight()
+            job = _Inflight(msg, self.conn.last_payload, fds)
             self.inflight[msg.request_id] = job
-            roles = list(getattr(msg, "fd_roles", ()))
-            payload = self.conn.last_payload  # the worker decodes it again
-            nursery.start_soon(self._request, msg, payload, roles, fds, job)
+            nursery.start_soon(self._request, job)
         else:  # the Connection only lets requests through; be explicit anyway
             raise ProtocolError(f"unexpected {msg.TYPE}")
 
     # -- one request ---------------------------------------------------------------
 
-    async def _request(
-        self,
-        msg: Run | Dlopen | Preload,
-        payload: bytes,
-        roles: list[str],
-        fds: list[int],
-        job: _Inflight,
-    ) -> None:
+    async def _request(self, job: _Inflight) -> None:
         server = self.server
+        msg = job.msg
         server.counters["daemon.requests"] += 1
         t0 = time.perf_counter()
         try:
-            response = await self._execute(msg, payload, roles, fds, job)
+            response = await self._execute(job)
         except Exception as e:  # a bug here must not cost the answer
             log.exception("request %d failed", msg.request_id)
             response = error_for(e, msg.request_id)
         finally:
-            close_fds(fds)
+            close_fds(job.fds)
         if isinstance(response, Error):
             server.counters["daemon.errors"] += 1
             outcome = f"{response.kind} error (exit {response.exit_code})"
@@ -781,36 +778,23 @@ class _ConnectionHandler:
             self.request_done()
             server.request_finished()
 
-    async def _execute(
-        self,
-        msg: Run | Dlopen | Preload,
-        payload: bytes,
-        roles: list[str],
-        fds: list[int],
-        job: _Inflight,
-    ) -> Response:
-        server = self.server
-        rid = msg.request_id
-        timeout = _timeout_of(server.config, msg)
+    async def _execute(self, job: _Inflight) -> Response:
+        timeout = _timeout_of(self.server.config, job.msg)
         for _ in range(_WORKER_TRIES):
-            answer = await self._run_on_a_worker(msg, payload, roles, fds, job, timeout)
+            answer = await self._run_on_a_worker(job, timeout)
             if answer is not None:
                 return answer
-        return Error(request_id=rid, kind="internal", message="no worker could take the request")
+        return Error(
+            request_id=job.msg.request_id,
+            kind="internal",
+            message="no worker could take the request",
+        )
 
-    async def _run_on_a_worker(
-        self,
-        msg: Run | Dlopen | Preload,
-        payload: bytes,
-        roles: list[str],
-        fds: list[int],
-        job: _Inflight,
-        timeout: float | None,
-    ) -> Response | None:
+    async def _run_on_a_worker(self, job: _Inflight, timeout: float | None) -> Response | None:
         """The response, or None if the worker given was already dead (it
         died while idle: another one gets the request)."""
         server = self.server
-        rid = msg.request_id
+        rid = job.msg.request_id
         wait = job.wait_scope()
         try:
             with wait:  # cancelled: stop waiting for a worker
@@ -822,19 +806,12 @@ class _ConnectionHandler:
             return Error(request_id=rid, kind="internal", message=f"cannot start a worker: {e}")
         if wait.cancelled_caught:
             return _stopped(rid, job.reason, timeout)
-        stopped: list[str] = []
         server.counters["daemon.active"] += 1
         if timeout is not None:
             job.stop.scope.deadline = trio.current_time() + timeout
         try:
             raw = await worker.run(
-                payload,
-                roles,
-                fds,
-                server.store,
-                job.stop,
-                server.config.kill_grace,
-                stopped.append,
+                job.payload, job.roles, job.fds, server.store, job.stop, server.config.kill_grace
             )
         except WorkerGone:
             server.counters["daemon.worker_deaths"] += 1
@@ -842,10 +819,10 @@ class _ConnectionHandler:
                 "worker %d (%s) had died while idle", worker.pid, worker.identity.describe()
             )
             return None
+        except WorkerKilled as e:
+            server.counters["daemon.killed"] += 1
+            return _stopped(rid, e.reason, timeout)
         except WorkerDied as e:
-            if stopped:
-                server.counters["daemon.killed"] += 1
-                return _stopped(rid, stopped[0], timeout)
             server.counters["daemon.worker_deaths"] += 1
             log.error("worker %d (%s) died: %s", worker.pid, self.identity.describe(), e)
             return Error(

@@ -101,6 +101,15 @@ class WorkerDied(Exception):
     """The worker ended before answering (killed, crashed, out of memory)."""
 
 
+class WorkerKilled(WorkerDied):
+    """The run was stopped (``reason``: "timeout" or "cancelled") and its
+    worker did not stop in time, so it was killed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"killed: the run was {reason}")
+        self.reason = reason
+
+
 class WorkerGone(WorkerDied):
     """The worker was dead before it got the job (it died while idle): the
     request can go to another worker."""
@@ -259,13 +268,11 @@ class Worker:
         store: CodeStore | None,
         stop: Stop,
         kill_grace: float,
-        on_stop: Callable[[str], None],
     ) -> bytes:
         """Run one request; its encoded response. ``fds`` are sent, not
         closed. When ``stop`` fires (its deadline, or cancel()) the worker
         is told to stop the guest; ``kill_grace`` later, if it has not
-        answered, it is killed, ``on_stop`` is told why and WorkerDied is
-        raised."""
+        answered, it is killed and WorkerKilled says why."""
         self.runs += 1
         number = self.runs
         try:
@@ -284,7 +291,6 @@ class Worker:
             pass
         with trio.move_on_after(kill_grace):
             return await self._serve_until_done(store)
-        on_stop(reason)
         log.warning(
             "worker %d (%s) did not stop %.1f s after its run was %s: killed",
             self.pid,
@@ -294,7 +300,7 @@ class Worker:
         )
         self.kill()
         self.alive = False
-        raise WorkerDied("killed")
+        raise WorkerKilled(reason)
 
     async def _serve_until_done(self, store: CodeStore | None) -> bytes:
         while True:

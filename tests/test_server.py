@@ -22,7 +22,7 @@ from wasmrun.daemon.config import DaemonConfig
 from wasmrun.daemon.identity import Identity, own_identity
 from wasmrun.daemon.scheduler import Busy, PoolLimits, Scheduler
 from wasmrun.daemon.server import Server
-from wasmrun.daemon.workers import WorkerDied
+from wasmrun.daemon.workers import WorkerDied, WorkerKilled
 from wasmrun.protocol import (
     Cancel,
     Connection,
@@ -61,7 +61,7 @@ class FakeWorker:
         self.closed = True
         self.alive = False
 
-    async def run(self, request, roles, fds, store, stop, kill_grace, on_stop):
+    async def run(self, request, roles, fds, store, stop, kill_grace):
         self.runs += 1
         msg = decode_message(request)
         program = msg.program
@@ -83,9 +83,8 @@ class FakeWorker:
             with stop.scope:  # ignores the request to stop: killed after the grace
                 await trio.sleep_forever()
             await trio.sleep(kill_grace)
-            on_stop(stop.why())
             self.alive = False
-            raise WorkerDied("killed")
+            raise WorkerKilled(stop.why())
         if program == "die":
             self.alive = False
             raise WorkerDied("gone")
