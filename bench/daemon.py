@@ -57,9 +57,18 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def start_daemon(
-    directory: Path, corpus: Path, concurrency: int, pythonpath: str | None = None
+    directory: Path,
+    corpus: Path,
+    concurrency: int,
+    pythonpath: str | None = None,
+    config: str | None = None,
 ) -> tuple[subprocess.Popen, float]:
-    """wasmrund on a fresh cache; (process, seconds until READY=1)."""
+    """wasmrund on a fresh cache (with ``config`` as its configuration
+    file's text); (process, seconds until READY=1)."""
+    extra = []
+    if config is not None:
+        (directory / "wasmrund.toml").write_text(config)
+        extra = ["--config", str(directory / "wasmrund.toml")]
     for name in ("notify", "d.sock"):
         try:
             (directory / name).unlink()
@@ -84,6 +93,7 @@ def start_daemon(
             "libc.so",
             "--concurrency",
             str(concurrency),
+            *extra,
         ],
         env={
             **os.environ,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import array
 import collections
+import importlib.util
 import os
 import random
 import shutil
@@ -43,32 +44,22 @@ sys.path.insert(0, str(ROOT))
 
 from wasmrun.client import wire  # noqa: E402
 
+_spec = importlib.util.spec_from_file_location("bench_daemon", ROOT / "bench" / "daemon.py")
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)  # bench/daemon.py: start_daemon
+_spec.loader.exec_module(bench)
+
 from toolchain.corpus import build_corpus  # noqa: E402
 
 MIX = {"hello": 40, "dlopen": 15, "trap": 10, "timeout": 8, "killed": 7, "garbage": 10, "slow": 10}
 
 
 def start_daemon(directory: Path, corpus: Path) -> subprocess.Popen:
-    config = directory / "wasmrund.toml"
-    config.write_text(
+    config = (
         "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\nqueue_per_uid = 1000\n"
         "worker_max_requests = 500\nframe_timeout = 2.0\n"
     )
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(directory / "notify"))
-    notify.settimeout(120)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wasmrun.daemon", "--socket", str(directory / "d.sock")]
-        + ["--cache-dir", str(directory / "cache"), "-L", str(corpus), "--preload", "libc.so"]
-        + ["--config", str(config)],
-        env={**os.environ, "NOTIFY_SOCKET": str(directory / "notify")},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "wasmrund.log", "wb"),  # noqa: SIM115 - the child's
-    )
-    with notify:
-        while b"READY=1" not in notify.recv(4096):
-            pass
+    proc, _ = bench.start_daemon(directory, corpus, os.cpu_count() or 1, config=config)
     return proc
 
 
