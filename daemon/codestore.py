@@ -47,13 +47,6 @@ def sealed_memfd(name: str, data: bytes | bytearray) -> int:
     return fd
 
 
-def is_sealed(fd: int) -> bool:
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _SEALS == _SEALS
-    except OSError:
-        return False
-
-
 class CodeStore:
     """digest -> sealed memfd of serialized code, least recently used first
     out once the memfds pass ``budget_bytes``. Thread-safe: compiles run in

@@ -137,13 +137,11 @@ class Zygote:
         kills.setblocking(False)
         self._ids = itertools.count(1)
         self._lock = trio.Lock()
-        self.lost = trio.Event()  # the zygote died: no worker can be started again
 
     async def watch(self) -> None:
         """Return once the zygote is gone. It never writes to the kill
         socket, so that socket turns readable only at its end."""
         await trio.lowlevel.wait_readable(self.kills)
-        self.lost.set()
 
     async def start(self, store: CodeStore) -> list[str]:
         """Serve the zygote's code requests until it is ready; its preloads."""
@@ -186,7 +184,6 @@ class Zygote:
         except ChannelError as e:
             ours.close()
             cancel_ours.close()
-            self.lost.set()
             raise SpawnFailed(f"the zygote is gone ({e})") from None
         finally:
             theirs.close()
