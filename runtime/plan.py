@@ -19,24 +19,37 @@ from typing import Final, NamedTuple
 import attrs
 
 from . import debug
+
+# The bindings and the records they index are bind.py's (one binder for
+# start-up and dlopen); re-exported for the recipe and other callers.
+from .bind import BIND_MEMORY as BIND_MEMORY
+from .bind import BIND_TABLE as BIND_TABLE
+from .bind import BindDirect as BindDirect
+from .bind import Binder
+from .bind import BindExport as BindExport
+from .bind import BindGlobal as BindGlobal
+from .bind import BindHost as BindHost
+from .bind import Binding as Binding
+from .bind import BindMemory as BindMemory
+from .bind import BindPlt as BindPlt
+from .bind import BindTable as BindTable
+from .bind import BindTag as BindTag
+from .bind import BindTrap as BindTrap
+from .bind import BindWasi as BindWasi
+from .bind import PlannedGlobal as PlannedGlobal
+from .bind import PltStub as PltStub
+from .bind import TableFill as TableFill
+from .bind import TrapStub as TrapStub
 from .cache import ModuleCache
 from .core import (
-    FuncHow,
     ImportRole,
-    canonical_slot,
-    check_data_export,
-    data_symbol_base,
     dependency_order,
     global_scope,
-    import_role,
     load_needed,
-    module_global_value,
-    resolve_function,
     scope_lookup,
 )
 from .errors import LimitError, LoadError, SymbolError
 from .layout import (
-    LAYOUT_SYMBOLS,
     NULL_GUARD,
     PAGE,
     Layout,
@@ -48,102 +61,14 @@ from .layout import (
 from .module import ModuleImage
 from .search import SearchPath, file_identity
 from .wasmbin import (
-    KIND_FUNC,
-    KIND_GLOBAL,
     KIND_MEMORY,
     KIND_NAMES,
     KIND_TABLE,
     Export,
     FuncType,
-    GlobalType,
     Limits,
     TableType,
 )
-
-# Bindings: what each import of a module is bound to, one per import, in
-# import order. A closed set of small records rather than (tag, payload)
-# pairs, so that the recipe builder and the type checker both see which
-# payload goes with which kind. NamedTuples, for import time (ten attrs
-# classes cost ~3 ms at every start); tell them apart by type (match or
-# isinstance), never with ==, since tuples of equal fields compare equal.
-
-
-class BindMemory(NamedTuple):
-    """The shared linear memory."""
-
-
-class BindTable(NamedTuple):
-    """The shared indirect function table."""
-
-
-class BindGlobal(NamedTuple):
-    """A global of the generated core module: ``LinkPlan.globals[glob]``."""
-
-    glob: int
-
-
-class BindDirect(NamedTuple):
-    """A function export of a module instantiated earlier: a direct call."""
-
-    owner: int
-    name: str
-
-
-class BindExport(NamedTuple):
-    """A non-function export (a global) of a module instantiated earlier."""
-
-    owner: int
-    name: str
-
-
-class BindPlt(NamedTuple):
-    """PLT stub ``LinkPlan.plt[stub]`` (a back-edge, a later definer, or a
-    lazily missing function)."""
-
-    stub: int
-
-
-class BindWasi(NamedTuple):
-    """A WASI preview 1 function (an export of the shim)."""
-
-    name: str
-
-
-class BindTag(NamedTuple):
-    """Exception tag ``LinkPlan.tags[tag]``, shared by the run."""
-
-    tag: int
-
-
-class BindTrap(NamedTuple):
-    """A function that traps with ``LinkPlan.traps[stub].message``."""
-
-    stub: int
-
-
-class BindHost(NamedTuple):
-    """A ``dyld`` host function of the run (guest dlopen)."""
-
-    name: str
-
-
-Binding = (
-    BindMemory
-    | BindTable
-    | BindGlobal
-    | BindDirect
-    | BindExport
-    | BindPlt
-    | BindWasi
-    | BindTag
-    | BindTrap
-    | BindHost
-)
-BIND_MEMORY: Final = BindMemory()
-BIND_TABLE: Final = BindTable()
-
-# Keys of the planned globals holding a module's own bases (one per module).
-_MODULE_GLOBAL_KEYS: Final = {"__memory_base": "mb", "__table_base": "tb", "__tls_base": "tls"}
 
 DEFAULT_MAX_FILE_SIZE: Final = 256 << 20
 DEFAULT_MAX_LIBRARIES: Final = 1024
@@ -176,33 +101,6 @@ class PlannedModule(NamedTuple):
     tls_base: int | None
     needed: tuple[int, ...]  # indices of resolved NEEDED modules
     binds: tuple[Binding, ...] = ()
-
-
-class PltStub(NamedTuple):
-    type: FuncType
-    target: tuple[int, str] | None  # None: unresolved, the slot traps
-    symbol: str
-    importer: str
-
-
-class TrapStub(NamedTuple):
-    """A host function standing in for a function that does not exist."""
-
-    type: FuncType
-    message: str
-
-
-class PlannedGlobal(NamedTuple):
-    mutable: bool
-    value: int
-    # For a data symbol whose address is only known after instantiation:
-    late: tuple[int, str] | None = None
-
-
-class TableFill(NamedTuple):
-    slot: int
-    target: tuple[int, str] | None  # (module, export) or None: slot traps
-    trap: int | None = None  # index into traps when target is None
 
 
 @attrs.define
@@ -538,7 +436,14 @@ class Planner:
 
 
 class _Resolver:
-    """Resolves every import of every module to a binding."""
+    """Resolves every import of every module to a binding: the planner's
+    side of the one binder (:class:`~.bind.Binder`, through
+    :class:`~.bind.BindSite`). It looks symbols up in the precomputed
+    global scope (a definer of the wrong kind is an error), orders by
+    instantiation position, allocates table slots after the layout's, and
+    records what is missing (for ``--bind-now`` and for ``wasmrun ldd``);
+    nothing of a run exists yet, so a data address that is not a constant
+    is filled once its module is instantiated (a late global)."""
 
     def __init__(
         self,
@@ -556,29 +461,16 @@ class _Resolver:
         self.layout = layout
         self.nonpie = nonpie
         self.options = options
-        self.globals: list[PlannedGlobal] = []
-        self.global_keys: dict[tuple, int] = {}
+        self.binder = Binder(self)
         self.table_fills: list[TableFill] = []
         self.table_end: int = layout.table_end
         self.canonical: dict[tuple[int, int], int] = {}
-        self.plt: list[PltStub] = []
-        self.plt_keys: dict[tuple, int] = {}
-        self.traps: list[TrapStub] = []
         self.wasi: dict[str, FuncType] = {}
         self.tags: dict[str, FuncType] = {}
         self.errors: list[str] = []
         self.unresolved: list[tuple[str, str, str]] = []
         self.scope = global_scope(images)
         self._index_elements()
-
-    # -- helpers -----------------------------------------------------------
-
-    def _global(self, key: tuple, mutable: bool, value: int, late=None) -> int:
-        if key in self.global_keys:
-            return self.global_keys[key]
-        self.global_keys[key] = len(self.globals)
-        self.globals.append(PlannedGlobal(mutable, value & 0xFFFFFFFF, late))
-        return self.global_keys[key]
 
     def _index_elements(self) -> None:
         """Record where each module's own element segments put functions, so
@@ -600,251 +492,78 @@ class _Resolver:
                     if f is not None:
                         self.canonical.setdefault((idx, f), off + k)
 
-    def _trap(self, ft: FuncType, message: str) -> int:
-        self.traps.append(TrapStub(ft, message))
-        return len(self.traps) - 1
+    # -- the binder's site (bind.BindSite) ------------------------------------
 
-    def _missing(self, importer: ModuleImage, name: str, kind: str) -> None:
-        self.unresolved.append((importer.display, name, kind))
-        self.errors.append(f"{importer.display}: undefined symbol: {name} ({kind})")
+    @property
+    def symbols(self) -> LayoutSymbols:
+        return self.layout.symbols
+
+    def image(self, index: int) -> ModuleImage:
+        return self.images[index]
+
+    def bases(self, index: int) -> tuple[int, int, int | None]:
+        L = self.layout
+        return L.mem_bases[index], L.table_bases[index], L.tls_bases[index]
 
     def _exports(self, index: int) -> dict[str, Export]:
         return self.images[index].info.exports
 
-    def _owner(self, name: str, want: int, importer: ModuleImage) -> int | None:
+    def owner(self, name: str, kind: int, importer: int) -> int | None:
         owner = scope_lookup(name, None, self.scope, (), self._exports)
         if owner is None:
             return None
         exp = self.images[owner].info.exports[name]
-        if exp.kind != want:
+        if exp.kind != kind:
             raise SymbolError(
-                f"{importer.display}: symbol {name} is imported as a "
-                f"{KIND_NAMES[want]} but {self.images[owner].display} exports a "
+                f"{self.images[importer].display}: symbol {name} is imported as a "
+                f"{KIND_NAMES[kind]} but {self.images[owner].display} exports a "
                 f"{KIND_NAMES[exp.kind]}"
             )
-        if want == KIND_GLOBAL:
-            check_data_export(importer, name, self.images[owner])
         return owner
 
-    # -- per import kind ---------------------------------------------------
+    def ready(self, owner: int, importer: int) -> bool:
+        return self.inst_pos[owner] < self.inst_pos[importer]
 
-    def _func(self, mi: int, name: str, ft: FuncType) -> Binding:
-        image = self.images[mi]
-        owner = self._owner(name, KIND_FUNC, image)
-        res = resolve_function(
-            image,
-            name,
-            ft,
-            owner,
-            None if owner is None else self.images[owner],
-            owner is not None and self.inst_pos[owner] < self.inst_pos[mi],
-        )
-        if owner is not None and res.how is FuncHow.DIRECT:
-            return BindDirect(owner, name)
-        if owner is not None and res.how is FuncHow.DEFERRED:
-            return BindPlt(self._plt(ft, (owner, name), name, image.display))
-        if res.how is FuncHow.WEAK:
-            return BindTrap(self._trap(ft, res.message))
-        if self.options.bind_now:
-            self._missing(image, name, "function")
-            return BindTrap(self._trap(ft, "unreachable"))
-        self.unresolved.append((image.display, name, "function"))
-        return BindPlt(self._plt(ft, None, name, image.display))
+    def lazy(self, role: ImportRole) -> bool:
+        return not self.options.bind_now
 
-    def _plt(self, ft: FuncType, target: tuple[int, str] | None, name: str, importer: str) -> int:
-        key = (target, name, ft) if target is not None else (None, name, importer, ft)
-        if key not in self.plt_keys:
-            self.plt_keys[key] = len(self.plt)
-            self.plt.append(PltStub(ft, target, name, importer))
-        return self.plt_keys[key]
+    def undefined(self, importer: int, name: str, kind: str, reported: bool) -> None:
+        display = self.images[importer].display
+        self.unresolved.append((display, name, kind))
+        if reported:
+            self.errors.append(f"{display}: undefined symbol: {name} ({kind})")
 
-    def _layout_value(self, mi: int, name: str) -> int:
-        return self.layout.symbols.value(name, self.layout.mem_bases[mi])
-
-    def _got_mem(self, mi: int, name: str, mutable: bool) -> int:
-        image = self.images[mi]
-        if name in LAYOUT_SYMBOLS:
-            key = ("dso", mi) if name == "__dso_handle" else ("layout", name)
-            return self._global((*key, mutable), mutable, self._layout_value(mi, name))
-        owner = self._owner(name, KIND_GLOBAL, image)
-        if owner is None:
-            if image.dylink is not None and image.dylink.is_weak_import("GOT.mem", name):
-                return self._global(("zero", mutable), mutable, 0)
-            self._missing(image, name, "data")
-            return self._global(("zero", mutable), mutable, 0)
-        exporter = self.images[owner]
-        base = data_symbol_base(
-            exporter, name, self.layout.mem_bases[owner], self.layout.tls_bases[owner]
-        )
-        if base is None:
-            raise LoadError(
-                f"{exporter.path}: TLS symbol {name} but the module has no __wasm_init_tls"
-            )
-        value = exporter.export_value(name, base, self.layout.table_bases[owner])
-        if value is None:
-            return self._global(("late", name, mutable), mutable, 0, late=(owner, name))
-        return self._global(("GOT.mem", name, mutable), mutable, value)
-
-    def _got_func(self, mi: int, name: str, mutable: bool) -> int:
-        image = self.images[mi]
-        owner = self._owner(name, KIND_FUNC, image)
-        if owner is None:
-            if image.dylink is not None and image.dylink.is_weak_import("GOT.func", name):
-                return self._global(("zero", mutable), mutable, 0)
-            if self.options.bind_now:
-                self._missing(image, name, "function")
-                return self._global(("zero", mutable), mutable, 0)
-            self.unresolved.append((image.display, name, "function"))
-            key = ("GOT.func.missing", name, mutable)
-            if key not in self.global_keys:
-                slot = self._new_slot()
-                ft = FuncType((), ())
-                trap = self._trap(
-                    ft, f"symbol lookup error: {image.display}: undefined symbol: {name}"
-                )
-                self.table_fills.append(TableFill(slot, None, trap))
-                return self._global(key, mutable, slot)
-            return self.global_keys[key]
-        funcidx = self.images[owner].info.exports[name].index
-        slot = canonical_slot(
-            self.canonical,
-            owner,
-            funcidx,
-            self._new_slot,
-            lambda s: self.table_fills.append(TableFill(s, (owner, name))),
-        )
-        return self._global(("GOT.func", owner, funcidx, mutable), mutable, slot)
-
-    def _new_slot(self) -> int:
+    def new_slot(self, importer: int) -> int:
         slot = self.table_end
         self.table_end += 1
         return slot
 
-    def _env_global(self, mi: int, name: str, gt: GlobalType) -> Binding:
-        image = self.images[mi]
-        L = self.layout
-        if name == "__stack_pointer":
-            if self.nonpie:
-                if "__stack_pointer" not in self.images[0].info.exports:
-                    raise LoadError(
-                        f"{self.images[0].path}: non-PIE main does not export __stack_pointer "
-                        f"(needed by {image.display}; link it with --export=__stack_pointer)"
-                    )
-                return BindExport(0, "__stack_pointer")
-            return BindGlobal(self._global(("sp",), True, L.symbols.stack_high))
-        if name in LAYOUT_SYMBOLS:
-            return BindGlobal(self._got_mem(mi, name, gt.mutable))
-        value = module_global_value(
-            name, L.mem_bases[mi], L.table_bases[mi], L.tls_bases[mi], L.symbols
-        )
-        if value is not None:  # __memory_base, __table_base, __tls_base
-            key = (_MODULE_GLOBAL_KEYS[name], mi, gt.mutable)
-            return BindGlobal(self._global(key, gt.mutable, value))
-        owner = self._owner(name, KIND_GLOBAL, image)
-        if owner is not None and self.inst_pos[owner] < self.inst_pos[mi]:
-            return BindExport(owner, name)
-        raise SymbolError(
-            f"{image.display}: cannot resolve global import env.{name}"
-            + (" (its definer is instantiated later)" if owner is not None else "")
-        )
+    def fill(self, slot: int, target: tuple[int, str] | None, trap: int | None) -> None:
+        self.table_fills.append(TableFill(slot, target, trap))
 
-    def _bind(self, mi: int) -> tuple[Binding, ...]:
-        image = self.images[mi]
-        binds: list[Binding] = []
-        for imp in image.info.imports:
-            name, desc = imp.name, imp.desc
-            role = import_role(image, imp)
-            if role is ImportRole.FUNCTION:
-                assert isinstance(desc, FuncType)
-                binds.append(self._func(mi, name, desc))
-            elif role is ImportRole.GOT_MEM or role is ImportRole.GOT_FUNC:
-                assert isinstance(desc, GlobalType)
-                if role is ImportRole.GOT_MEM:
-                    binds.append(BindGlobal(self._got_mem(mi, name, desc.mutable)))
-                else:
-                    binds.append(BindGlobal(self._got_func(mi, name, desc.mutable)))
-            elif role is ImportRole.ENV_GLOBAL:
-                assert isinstance(desc, GlobalType)
-                binds.append(self._env_global(mi, name, desc))
-            elif role is ImportRole.MEMORY:
-                binds.append(BIND_MEMORY)
-            elif role is ImportRole.TABLE:
-                binds.append(BIND_TABLE)
-            elif role is ImportRole.TAG:
-                assert isinstance(desc, FuncType)
-                if name in self.tags and self.tags[name] != desc:
-                    raise SymbolError(
-                        f"{image.display}: tag {name} has type {desc}, "
-                        f"another module uses {self.tags[name]}"
-                    )
-                self.tags.setdefault(name, desc)
-                binds.append(BindTag(list(self.tags).index(name)))
-            elif role is ImportRole.DYLD:
-                binds.append(BindHost(name))
-            else:  # ImportRole.WASI
-                assert isinstance(desc, FuncType)
-                prev = self.wasi.setdefault(name, desc)
-                if prev != desc:
-                    raise SymbolError(
-                        f"{image.display}: WASI function {name} imported with type {desc}, "
-                        f"another module uses {prev}"
-                    )
-                binds.append(BindWasi(name))
-        if debug.BINDINGS:
-            for imp, b in zip(image.info.imports, binds, strict=True):
-                what = self._describe(image, imp.module, imp.name, b)
-                debug.trace("bindings", f"{image.display}: {imp.module}.{imp.name} => {what}")
-        return tuple(binds)
+    def late_address(self, owner: int, name: str) -> int | None:
+        return None  # no run yet: a late global
 
-    def _describe(self, image: ModuleImage, mod: str, name: str, b: Binding) -> str:
-        """A binding in words (WASMRUN_DEBUG=bindings)."""
-        match b:
-            case BindDirect(owner, _):
-                return f"{self.images[owner].display} (direct)"
-            case BindPlt(i):
-                target = self.plt[i].target
-                if target is None:
-                    return "undefined (lazy: PLT slot that traps if called)"
-                return f"{self.images[target[0]].display} (PLT: instantiated later)"
-            case BindTrap(_):
-                if image.dylink is not None and image.dylink.is_weak_import(mod, name):
-                    return "undefined weak (traps if called)"
-                return "undefined (reported: bind-now)"
-            case BindExport(owner, _):
-                return f"{self.images[owner].display} (its global)"
-            case BindGlobal(i):
-                g = self.globals[i]
-                if mod in ("GOT.mem", "GOT.func") and name not in LAYOUT_SYMBOLS:
-                    definer = self.scope.get(name)
-                    if definer is None:
-                        if image.dylink is not None and image.dylink.is_weak_import(mod, name):
-                            return "0 (weak-zero)"
-                        if g.value == 0:
-                            return "undefined (reported)"
-                        return f"slot {g.value:#x} (undefined: traps if called)"
-                    where = self.images[definer].display
-                    if g.late is not None:
-                        return f"{where} (address known after instantiation)"
-                    what = "slot" if mod == "GOT.func" else "address"
-                    return f"{what} {g.value:#x} in {where}"
-                return f"{g.value:#x} (linker-defined)"
-            case BindWasi(_):
-                return "WASI (host)"
-            case BindHost(_):
-                return "dyld (host)"
-            case BindTag(i):
-                return f"exception tag {i} (shared)"
-            case BindMemory():
-                return "the shared memory"
-            case BindTable():
-                return "the shared table"
-        return "?"
+    def main_stack_pointer(self, importer: int) -> Binding:
+        if "__stack_pointer" not in self.images[0].info.exports:
+            raise LoadError(
+                f"{self.images[0].path}: non-PIE main does not export __stack_pointer "
+                f"(needed by {self.images[importer].display}; "
+                "link it with --export=__stack_pointer)"
+            )
+        return BindExport(0, "__stack_pointer")
+
+    def wasi_type(self, name: str, ft: FuncType) -> FuncType:
+        return self.wasi.setdefault(name, ft)
+
+    def interpose(self, importer: int, name: str, ft: FuncType) -> Binding | None:
+        return None
 
     def run(self, strict: bool = True) -> LinkPlan:
         if not self.nonpie:
             # Always there, even when no load-time module imports it: a
             # library dlopen'ed later may.
-            self._global(("sp",), True, self.layout.symbols.stack_high)
+            self.binder.global_(("sp",), True, self.layout.symbols.stack_high)
         planned = []
         for mi, image in enumerate(self.images):
             planned.append(
@@ -854,7 +573,7 @@ class _Resolver:
                     table_base=self.layout.table_bases[mi],
                     tls_base=self.layout.tls_bases[mi],
                     needed=tuple(self.needed[mi]),
-                    binds=self._bind(mi),
+                    binds=self.binder.bind(mi),
                 )
             )
         if self.errors and self.options.bind_now and strict:
@@ -880,15 +599,15 @@ class _Resolver:
             stack_high=self.layout.symbols.stack_high,
             heap_base=self.layout.symbols.heap_base,
             heap_end=self.layout.symbols.heap_end,
-            globals=self.globals,
+            globals=self.binder.globals,
             table_fills=self.table_fills,
-            plt=self.plt,
-            traps=self.traps,
+            plt=self.binder.plt,
+            traps=self.binder.traps,
             wasi=sorted(self.wasi.items()),
             tags=list(self.tags.items()),
             scope=self.scope,
             unresolved=self.unresolved,
             canonical=self.canonical,
-            global_index=self.global_keys,
+            global_index=self.binder.global_keys,
             options=self.options,
         )
