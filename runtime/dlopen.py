@@ -18,8 +18,11 @@ What happens on load mirrors ld.so, and runs the linking core's phases
 (:mod:`.core`, :mod:`.layout`) that start-up runs too: the library and the
 NEEDED libraries not yet loaded are laid out in memory taken by *growing*
 the memory (never memory the program's allocator owns, and never assuming
-the size is unchanged since start), instantiated dependencies first, their
-GOT and PLT filled, data relocations applied and constructors run. What is
+the size is unchanged since start); the binder the planner uses
+(:class:`~.bind.Binder`, through :class:`_GroupSite`) decides what each of
+their imports becomes, and :meth:`DynamicLinker._extern` makes each binding
+a live extern; they are instantiated dependencies first, their GOT and PLT
+filled, data relocations applied and constructors run. What is
 this module's own: handles and reference counts, scopes, dlclose, dladdr,
 dlerror. Symbols resolve through the global
 scope (the program, its load-time libraries, RTLD_GLOBAL libraries) and then
@@ -37,34 +40,45 @@ import os
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
+from typing import NamedTuple, Protocol, assert_never
 
 import wasmtime
 
 from . import codegen, debug
+from .bind import (
+    ATEXIT_TYPE,
+    BindDirect,
+    Binder,
+    BindExport,
+    BindGlobal,
+    BindHost,
+    Binding,
+    BindMemory,
+    BindPlt,
+    BindTable,
+    BindTag,
+    BindTrap,
+    BindWasi,
+    TableFill,
+)
 from .cache import ModuleCache
 from .core import (
     DYLD_FUNCTIONS,
     SCOPE_EXCLUDED,
-    FuncHow,
     ImportRole,
     InitModule,
     canonical_slot,
-    check_data_export,
     data_symbol_base,
     dependency_order,
     format_trap,
-    import_role,
     initialize,
     lazy_trap_message,
     load_needed,
-    module_global_value,
-    resolve_function,
     scope_lookup,
     to_wasmtime_functype,
 )
 from .errors import LoadError, WasmrunError, wasmtime_message
-from .layout import LAYOUT_SYMBOLS, PAGE, place_memory, place_table, signed_i32, tls_block
+from .layout import PAGE, place_memory, place_table, signed_i32, tls_block
 from .limits import RunLimits
 from .module import ModuleImage
 from .plan import LinkPlan
@@ -74,7 +88,6 @@ from .wasmbin import (
     KIND_GLOBAL,
     Export,
     FuncType,
-    GlobalType,
 )
 from .wasmtime_seam import get_export
 
@@ -133,19 +146,6 @@ def _flag_names(flags: int) -> str:
         if flags & bit
     ]
     return "|".join(names) or str(flags)
-
-
-def _trace_got(
-    importer: ModuleImage, mod: str, name: str, value: int, weak: bool, what: str
-) -> None:
-    """A GOT entry of a library loaded at run time (WASMRUN_DEBUG=bindings)."""
-    if value == 0 and weak:
-        text = "0 (weak-zero)"
-    elif value == 0 and name not in LAYOUT_SYMBOLS:
-        text = "undefined"
-    else:
-        text = f"{what} {value:#x}"
-    debug.trace("bindings", f"{importer.display}: {mod}.{name} => {text}")
 
 
 class DlError(WasmrunError):
@@ -249,6 +249,133 @@ class _GroupSource:
             needed.append(dep)
 
 
+class _GroupSite:
+    """The libraries one dlopen loads, as the binder sees them
+    (:class:`~.bind.BindSite`; the planner's ``_Resolver`` is the other
+    site). What is dlopen's own here: symbols resolve through the global
+    scope (skipping closed libraries and definers of another kind) and then
+    the new library's own tree; a module is instantiated earlier if it
+    already has an instance or comes earlier in the group; table slots are
+    grown on the live table; a data address of an instantiated module is
+    read from the run; a missing symbol is collected for one dlerror; only
+    WASI functions the run already has can be given; ``__cxa_atexit`` is
+    the linker's (destructors kept with their library, run by dlclose)."""
+
+    __slots__ = (
+        "_linker",
+        "_modules",
+        "_local",
+        "_pos",
+        "_bind_now",
+        "_root",
+        "_wasi",
+        "nonpie",
+        "symbols",
+        "canonical",
+        "tags",
+        "missing",
+        "fills",
+    )
+
+    def __init__(
+        self, linker: DynamicLinker, order: list[int], local: list[int], bind_now: bool
+    ) -> None:
+        plan = linker.iset.plan
+        self._linker = linker
+        self._modules = linker.modules
+        self._local = local
+        self._pos = {mi: i for i, mi in enumerate(order)}
+        self._bind_now = bind_now
+        self._root = plan.root
+        self._wasi = linker.wasi_types
+        self.nonpie = plan.nonpie
+        self.symbols = linker.layout_symbols
+        self.canonical = linker.canonical
+        self.tags = linker.tags
+        self.missing: list[str] = []  # reported, for the dlerror
+        self.fills: list[TableFill] = []  # table slots to fill once the group exists
+
+    def image(self, index: int) -> ModuleImage:
+        return self._modules[index].image
+
+    def bases(self, index: int) -> tuple[int, int, int | None]:
+        m = self._modules[index]
+        return m.memory_base, m.table_base, m.tls_base
+
+    def owner(self, name: str, kind: int, importer: int) -> int | None:
+        return self._linker._lookup(name, self._local, kind)
+
+    def ready(self, owner: int, importer: int) -> bool:
+        pos = self._pos.get(owner)
+        if pos is None:
+            return self._modules[owner].instance is not None
+        return pos < self._pos[importer]
+
+    def lazy(self, role: ImportRole) -> bool:
+        # As in ld.so, RTLD_LAZY defers calls only: an address (GOT.func)
+        # is resolved at load.
+        return not self._bind_now and role is ImportRole.FUNCTION
+
+    def undefined(self, importer: int, name: str, kind: str, reported: bool) -> None:
+        if reported:
+            display = self._modules[importer].image.display
+            self.missing.append(f"{display}: undefined symbol: {name} ({kind})")
+
+    def new_slot(self, importer: int) -> int:
+        return self._linker._new_table_slot(self._modules[importer].image.display)
+
+    def fill(self, slot: int, target: tuple[int, str] | None, trap: int | None) -> None:
+        if target is not None and self._modules[target[0]].instance is not None:
+            # Now: a canonical slot must not stay empty if this load fails.
+            self._linker._fill_slot(slot, *target)
+        else:
+            self.fills.append(TableFill(slot, target, trap))
+
+    def late_address(self, owner: int, name: str) -> int | None:
+        if self._modules[owner].instance is None:
+            return None  # in this group: set once it is instantiated
+        return self._linker._data_address(owner, name)
+
+    def main_stack_pointer(self, importer: int) -> Binding:
+        if "__stack_pointer" not in self._modules[self._root].image.info.exports:
+            raise DlError(
+                f"{self._modules[importer].image.display}: needs __stack_pointer, which the "
+                "non-PIE main does not export",
+                errno.ENOEXEC,
+            )
+        return BindExport(self._root, "__stack_pointer")
+
+    def wasi_type(self, name: str, ft: FuncType) -> FuncType:
+        prev = self._wasi.get(name)
+        if prev is None:
+            raise _no_wasi(name)
+        return prev
+
+    def interpose(self, importer: int, name: str, ft: FuncType) -> Binding | None:
+        if name == "__cxa_atexit" and ft == ATEXIT_TYPE:
+            return BindHost("__cxa_atexit")
+        return None
+
+
+_Extern = wasmtime.Func | wasmtime.Table | wasmtime.Memory | wasmtime.Global | wasmtime.Tag
+
+
+class _LiveGroup(NamedTuple):
+    """What a dlopen group's bindings index, made on the run."""
+
+    globals: list[wasmtime.Global]
+    traps: list[wasmtime.Func]
+    plt: wasmtime.Instance | None
+
+
+def _no_wasi(name: str) -> DlError:
+    return DlError(
+        f"WASI function {name} is not available to libraries loaded at run time "
+        "(the program imports no WASI function of that name)",
+        errno.ENOSYS,
+    )
+
+
 class DynamicLinker:
     """Run-time loading for one instance set. Not thread-safe (one run)."""
 
@@ -281,6 +408,10 @@ class DynamicLinker:
         self.free_regions: list[tuple[int, int]] = []
         self.last_error: str | None = None
         self.lazy: dict[str, list[tuple[wasmtime.Table, int, FuncType]]] = {}
+        self.tags: dict[str, FuncType] = dict(plan.tags)  # the plan's, then new ones
+        self._new_tags: dict[int, wasmtime.Tag] = {}
+        self.wasi_types: dict[str, FuncType] = dict(plan.wasi)
+        self.layout_symbols = plan.layout_symbols
         self._host_funcs: dict[str, wasmtime.Func] = {}
         self._keep: list[object] = []  # PLT instances etc. kept alive with the run
         self._register_lazy_from_plan()
@@ -298,6 +429,8 @@ class DynamicLinker:
         """The ``dyld.<name>`` function bound to this run."""
         func = self._host_funcs.get(name)
         if func is None:
+            if name == "__cxa_atexit":
+                return self._atexit_func()
             if not callable(getattr(self, f"_dyld_{name}", None)):
                 raise LoadError(f"unknown dyld function {name}")
             ft = DYLD_FUNCTIONS[name]
@@ -432,8 +565,11 @@ class DynamicLinker:
             owner,
             m.image.info.exports[name].index,
             lambda: self._new_table_slot(m.image.display),
-            lambda slot: self.iset.table.set(self.store, slot, self._export(owner, name)),
+            lambda slot: self._fill_slot(slot, owner, name),
         )
+
+    def _fill_slot(self, slot: int, owner: int, name: str) -> None:
+        self.iset.table.set(self.store, slot, self._export(owner, name))
 
     def _new_table_slot(self, who: str) -> int:
         """One more slot at the end of the indirect function table."""
@@ -724,103 +860,23 @@ class DynamicLinker:
     # -- instantiation ------------------------------------------------------------
 
     def _instantiate_group(self, order: list[int], local: list[int], flags: int) -> None:
-        bind_now = bool(flags & RTLD_NOW) or flags == 0
+        """Bind the group's imports with the binder the planner uses
+        (:class:`~.bind.Binder`), then make each binding a live extern
+        (:meth:`_extern`), instantiate dependencies first, fill the group's
+        table slots, PLT and late globals, and initialise."""
         store = self.store
-        i32 = wasmtime.ValType.i32()
-        missing: list[str] = []
-        pending_slots: list[
-            tuple[int, int, str]
-        ] = []  # GOT.func slots to fill: (slot, owner, name)
-        plt_fills: list[tuple[wasmtime.Table, int, FuncType, int | None, str, str]] = []
-
-        def global_(mutable: bool, value: int) -> wasmtime.Global:
-            v = wasmtime.Val.i32(signed_i32(value))
-            return wasmtime.Global(store, wasmtime.GlobalType(i32, mutable), v)
-
+        site = _GroupSite(self, order, local, bool(flags & RTLD_NOW) or flags == 0)
+        binder = Binder(site, now="RTLD_NOW")
+        binds: list[tuple[Binding, ...]] = []
         for mi in order:
+            binds.append(binder.bind(mi))
+            if site.missing:  # reported for the first module that misses any
+                raise DlError("symbol lookup error: " + "; ".join(site.missing), errno.ENOEXEC)
+        live = self._live_group(binder)
+        for mi, mbinds in zip(order, binds, strict=True):
             m = self.modules[mi]
             image = m.image
-            externs: list = []
-            stubs: list[tuple[int, FuncType, int | None, str]] = []  # (pos, type, owner, name)
-            for pos, imp in enumerate(image.info.imports):
-                mod, name, desc = imp.module, imp.name, imp.desc
-                weak = image.dylink is not None and image.dylink.is_weak_import(mod, name)
-                role = import_role(image, imp)
-                if role is ImportRole.MEMORY:
-                    externs.append(self._mem())
-                elif role is ImportRole.TABLE:
-                    externs.append(self.iset.table)
-                elif role is ImportRole.TAG:
-                    assert isinstance(desc, FuncType)
-                    externs.append(self._tag(name, desc))
-                elif role is ImportRole.ENV_GLOBAL:
-                    assert isinstance(desc, GlobalType)
-                    externs.append(self._env_global(m, name, desc.mutable, global_))
-                elif role is ImportRole.GOT_MEM:
-                    assert isinstance(desc, GlobalType)
-                    value = self._got_mem(m, name, local, weak, missing)
-                    externs.append(global_(desc.mutable, value))
-                    if debug.BINDINGS:
-                        _trace_got(image, mod, name, value, weak, "address")
-                elif role is ImportRole.GOT_FUNC:
-                    assert isinstance(desc, GlobalType)
-                    slot = self._got_func(m, name, local, weak, missing, pending_slots)
-                    externs.append(global_(desc.mutable, slot))
-                    if debug.BINDINGS:
-                        _trace_got(image, mod, name, slot, weak, "slot")
-                elif role is ImportRole.WASI:
-                    externs.append(self._wasi(name))
-                elif role is ImportRole.DYLD:
-                    externs.append(self.host_function(name))
-                else:  # ImportRole.FUNCTION
-                    assert isinstance(desc, FuncType)
-                    if name == "__cxa_atexit" and desc == FuncType((b"\x7f",) * 3, (b"\x7f",)):
-                        externs.append(self._atexit_func())
-                        continue
-                    owner = self._lookup(name, local, KIND_FUNC)
-                    om = None if owner is None else self.modules[owner]
-                    res = resolve_function(
-                        image,
-                        name,
-                        desc,
-                        owner,
-                        None if om is None else om.image,
-                        om is not None and om.instance is not None,
-                    )
-                    if debug.BINDINGS:
-                        what = {
-                            FuncHow.DIRECT: f"{om and om.image.display} (direct)",
-                            FuncHow.DEFERRED: f"{om and om.image.display} (PLT: in this group)",
-                            FuncHow.WEAK: "undefined weak (traps if called)",
-                            FuncHow.UNDEFINED: "undefined (reported: RTLD_NOW)"
-                            if bind_now
-                            else "undefined (lazy: PLT slot that traps if called)",
-                        }[res.how]
-                        debug.trace("bindings", f"{image.display}: env.{name} => {what}")
-                    if owner is not None and res.how is FuncHow.DIRECT:
-                        externs.append(self._export(owner, name))
-                        continue
-                    if res.how is FuncHow.WEAK:
-                        externs.append(self._trap(desc, res.message))
-                        continue
-                    if res.how is FuncHow.UNDEFINED and bind_now:
-                        missing.append(res.message)
-                    externs.append(None)
-                    stubs.append((pos, desc, owner, name))  # back-edge or lazily missing
-            if missing:
-                raise DlError("symbol lookup error: " + "; ".join(missing), errno.ENOEXEC)
-            if stubs:
-                types = tuple(ft for _, ft, _, _ in stubs)
-                plt = wasmtime.Instance(
-                    store,
-                    self.iset.generated_module(("plt", types), partial(codegen.plt_module, types)),
-                    [],
-                )
-                self._keep.append(plt)
-                plt_table = get_export(store, plt, "table")
-                for k, (pos, ft, owner, name) in enumerate(stubs):
-                    externs[pos] = get_export(store, plt, str(k))
-                    plt_fills.append((plt_table, k, ft, owner, name, image.display))
+            externs = [self._extern(b, live) for b in mbinds]
             try:
                 m.instance = wasmtime.Instance(store, image.module(), externs)
             except wasmtime.Trap as e:
@@ -836,14 +892,25 @@ class DynamicLinker:
                     f"{image.display}: cannot instantiate: {msg}", errno.ENOEXEC
                 ) from None
 
-        for slot, owner, name in pending_slots:
-            self.iset.table.set(store, slot, self._export(owner, name))
-        for table, k, ft, owner, name, importer in plt_fills:
-            if owner is not None:
-                table.set(store, k, self._export(owner, name))
+        for fill in site.fills:
+            if fill.target is not None:
+                self._fill_slot(fill.slot, *fill.target)
             else:
-                table.set(store, k, self._trap(ft, lazy_trap_message(importer, name)))
-                self.lazy.setdefault(name, []).append((table, k, ft))
+                assert fill.trap is not None
+                self.iset.table.set(store, fill.slot, live.traps[fill.trap])
+        if live.plt is not None:
+            plt_table = get_export(store, live.plt, "table")
+            for k, stub in enumerate(binder.plt):
+                if stub.target is not None:
+                    plt_table.set(store, k, self._export(*stub.target))
+                else:
+                    message = lazy_trap_message(stub.importer, stub.symbol)
+                    plt_table.set(store, k, self._trap(stub.type, message))
+                    self.lazy.setdefault(stub.symbol, []).append((plt_table, k, stub.type))
+        for i, g in enumerate(binder.globals):
+            if g.late is not None:
+                value = wasmtime.Val.i32(signed_i32(self._data_address(*g.late)))
+                live.globals[i].set_value(store, value)
 
         inits = []
         for mi in order:
@@ -852,94 +919,69 @@ class DynamicLinker:
             inits.append(InitModule(m.image, m.instance, m.tls_base))
         initialize(store, inits)
 
-    def _got_func(
-        self,
-        m: DynModule,
-        name: str,
-        local: list[int],
-        weak: bool,
-        missing: list[str],
-        pending: list[tuple[int, int, str]],
-    ) -> int:
-        owner = self._lookup(name, local, KIND_FUNC)
-        if owner is None:
-            if not weak:
-                missing.append(f"{m.image.display}: undefined symbol: {name} (function)")
-            return 0
-        if self.modules[owner].instance is not None:
-            return self._func_slot(owner, name)
-        return canonical_slot(  # filled once the group is instantiated
-            self.canonical,
-            owner,
-            self.modules[owner].image.info.exports[name].index,
-            lambda: self._new_table_slot(m.image.display),
-            lambda slot: pending.append((slot, owner, name)),
-        )
-
-    def _env_global(
-        self,
-        m: DynModule,
-        name: str,
-        mutable: bool,
-        make: Callable[[bool, int], wasmtime.Global],
-    ) -> wasmtime.Global:
+    def _live_group(self, binder: Binder) -> _LiveGroup:
+        """What a group's bindings index, made on the run: its globals (the
+        stack pointer is the run's own), trap functions and PLT."""
+        store = self.store
+        i32 = wasmtime.ValType.i32()
         plan = self.iset.plan
-        if name == "__stack_pointer":
-            if plan.nonpie:
-                sp = self._export(plan.root, "__stack_pointer")
-                if sp is None:
-                    raise DlError(
-                        f"{m.image.display}: needs __stack_pointer, which the non-PIE main "
-                        "does not export",
-                        errno.ENOEXEC,
-                    )
-                return sp
-            return self.iset.core_global(plan.global_index[("sp",)])
-        value = module_global_value(
-            name, m.memory_base, m.table_base, m.tls_base, plan.layout_symbols
-        )
-        if value is not None:
-            return make(mutable, value)
-        raise DlError(f"{m.image.display}: cannot resolve global import env.{name}", errno.ENOEXEC)
+        globals_: list[wasmtime.Global] = []
+        for key, g in zip(binder.global_keys, binder.globals, strict=True):
+            if key == ("sp",):
+                globals_.append(self.iset.core_global(plan.global_index[key]))
+            else:
+                v = wasmtime.Val.i32(signed_i32(g.value))
+                globals_.append(wasmtime.Global(store, wasmtime.GlobalType(i32, g.mutable), v))
+        traps = [self._trap(t.type, t.message) for t in binder.traps]
+        plt = None
+        if binder.plt:
+            types = tuple(stub.type for stub in binder.plt)
+            module = self.iset.generated_module(("plt", types), partial(codegen.plt_module, types))
+            plt = wasmtime.Instance(store, module, [])
+            self._keep.append(plt)
+        return _LiveGroup(globals_, traps, plt)
 
-    def _layout_value(self, m: DynModule, name: str) -> int:
-        return self.iset.plan.layout_symbols.value(name, m.dso_handle)
-
-    def _got_mem(self, m: DynModule, name: str, local: list[int], weak: bool, missing: list) -> int:
-        if name in LAYOUT_SYMBOLS:
-            return self._layout_value(m, name)
-        owner = self._lookup(name, local, KIND_GLOBAL)
-        if owner is None:
-            if not weak:
-                missing.append(f"{m.image.display}: undefined symbol: {name} (data)")
-            return 0
-        om = self.modules[owner]
-        check_data_export(m.image, name, om.image)
-        if om.instance is None:  # within the group: laid out already, value is static
-            base = data_symbol_base(om.image, name, om.memory_base, om.tls_base) or 0
-            value = om.image.export_value(name, base, om.table_base)
-            if value is None:
-                raise DlError(f"{om.image.display}: cannot compute the address of {name}")
-            return value
-        return self._data_address(owner, name)
+    def _extern(self, b: Binding, live: _LiveGroup) -> _Extern:
+        """A binding as the live extern it stands for on this run."""
+        match b:
+            case BindDirect(owner, name) | BindExport(owner, name):
+                return self._export(owner, name)
+            case BindGlobal(i):
+                return live.globals[i]
+            case BindPlt(i):
+                assert live.plt is not None
+                return get_export(self.store, live.plt, str(i))
+            case BindTrap(i):
+                return live.traps[i]
+            case BindWasi(name):
+                return self._wasi(name)
+            case BindTag(i):
+                return self._tag(i)
+            case BindHost(name):
+                return self.host_function(name)
+            case BindMemory():
+                return self._mem()
+            case BindTable():
+                return self.iset.table
+        assert_never(b)
 
     def _wasi(self, name: str) -> wasmtime.Func:
         func = self.iset.wasi_function(name)
         if func is None:
-            raise DlError(
-                f"WASI function {name} is not available to libraries loaded at run time "
-                "(the program imports no WASI function of that name)",
-                errno.ENOSYS,
-            )
+            raise _no_wasi(name)
         return func
 
-    def _tag(self, name: str, ft: FuncType):
-        plan = self.iset.plan
-        for i, (tag_name, tag_type) in enumerate(plan.tags):
-            if tag_name == name and tag_type == ft:
-                return self.iset.core_tag(i)
-        tag = wasmtime.Tag(self.store, wasmtime.TagType(to_wasmtime_functype(ft)))
-        self._keep.append(tag)
+    def _tag(self, index: int) -> wasmtime.Tag:
+        """Exception tag ``index`` of the run: the plan's, or one a library
+        loaded at run time introduced (made once, shared by later ones)."""
+        plan_tags = self.iset.plan.tags
+        if index < len(plan_tags):
+            return self.iset.core_tag(index)
+        tag = self._new_tags.get(index)
+        if tag is None:
+            ft = list(self.tags.values())[index]
+            tag = wasmtime.Tag(self.store, wasmtime.TagType(to_wasmtime_functype(ft)))
+            self._new_tags[index] = tag
         return tag
 
     def _trap(self, ft: FuncType, message: str) -> wasmtime.Func:
