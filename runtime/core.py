@@ -14,6 +14,7 @@ both go through, after musl's ldso/dynlink.c (load, map, relocate, init).
   import binds (directly, through a PLT slot, to a weak trap, or not at
   all), what a data symbol's address is relative to, the values of a
   module's own ``env`` globals; with the messages for what goes wrong.
+  :mod:`.bind` applies them to every import of a module, for both paths.
 * **Initialisation** (:func:`initialize`): TLS set-up, then data relocations
   of every module, then constructors, dependencies first.
 
