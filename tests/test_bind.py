@@ -155,3 +155,35 @@ def test_a_dlopened_library_imports_a_loaded_modules_global(tmp_path: Path):
     with rt.open_library(str(host)) as iset:
         h = iset.dynamic.dlopen("libanswer.so", RTLD_NOW)
         assert _call(iset, h, "get_answer") == 42
+
+
+TAKES_ADDRESS = """
+(module
+ (@dylink.0 (mem-info))
+ (import "env" "memory" (memory 0))
+ (import "GOT.func" "nowhere" (global $f (mut i32)))
+ (func (export "address") (result i32) (global.get $f))
+)
+"""
+
+
+def test_rtld_lazy_defers_calls_only(tmp_path: Path):
+    """A missing function whose address is taken: at load time (without
+    --bind-now) a slot that traps when called; on dlopen an error even under
+    RTLD_LAZY, as in ld.so."""
+    from wasmrun.runtime.dlopen import RTLD_LAZY, DlError
+
+    host = _write(tmp_path, "libhost.so", HOST)
+    lib = _write(tmp_path, "libaddr.so", TAKES_ADDRESS)
+    rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
+    with rt.open_library(str(lib)) as iset:
+        (slot,) = iset.call("address")
+        assert slot > 0
+        with pytest.raises(wasmtime.Trap, match="undefined symbol: nowhere"):
+            iset.table.get(iset.store, slot)(iset.store)
+    with rt.open_library(str(host)) as iset:
+        with pytest.raises(DlError) as exc:
+            iset.dynamic.dlopen("libaddr.so", RTLD_LAZY)
+        assert str(exc.value) == (
+            "symbol lookup error: libaddr.so: undefined symbol: nowhere (function)"
+        )
