@@ -35,8 +35,8 @@ reported, what dlopen takes from the live run -- is behind the small
 :class:`BindSite` protocol, which ``plan._Resolver`` and ``dlopen._GroupSite``
 implement.
 
-The records live here rather than in :mod:`.plan` so that both callers can
-import them without a cycle; :mod:`.plan` re-exports them.
+The records live here rather than in :mod:`.plan`, which uses the binder
+and so cannot be imported by it (a cycle); :mod:`.plan` re-exports them.
 """
 
 from __future__ import annotations
