@@ -182,6 +182,11 @@ class Runtime:
         self._plans: collections.OrderedDict[tuple, _PlanEntry] = collections.OrderedDict()
         self._plans_lock = threading.Lock()
         self.plan_stats = {"plan.hits": 0, "plan.misses": 0, "plan.stale": 0}
+        # The spare: an instance set built ahead of the next run (prepare_spare).
+        self._spare: InstanceSet | None = None
+        self._last: tuple[LinkPlan, RunLimits] | None = None
+        self._spare_lock = threading.Lock()
+        self.spare_stats = {"spare.hits": 0, "spare.misses": 0}
 
     def search_path(self, library_path: Sequence[str] | None = None) -> SearchPath:
         """The search path for a request: its own directories (``-L`` and the
@@ -266,12 +271,15 @@ class Runtime:
         with self._plans_lock:
             out.update(self.plan_stats)
             out["plan.entries"] = len(self._plans)
+        with self._spare_lock:
+            out.update(self.spare_stats)
         out["generated.modules"] = len(self.generated)
         return out
 
     def clear_caches(self, disk: bool = True) -> int:
         """Forget cached plans and modules (and disk entries); returns how many
         disk entries were removed."""
+        self.drop_spare()
         with self._plans_lock:
             self._plans.clear()
         self.cache.clear()
@@ -304,18 +312,27 @@ class Runtime:
         for pm in plan.modules:
             pm.image.module()  # compile, deserialize, or already in memory
         t1 = time.perf_counter()
-        iset = InstanceSet(
-            plan,
-            self.engine,
-            self.host_linker,
-            self.generated,
-            (wasi or WasiOptions()).config(),
-            limits=limits,
-            control=control,
-            ticker=self.ticker,
-            fuel=self.fuel,
-            loader=(self.cache, search or self.search),
-        )
+        wasi_config = (wasi or WasiOptions()).config()
+        loader = (self.cache, search or self.search)
+        iset = self._take_spare(plan, limits)
+        if iset is not None:
+            iset.attach(wasi_config, control, loader)
+            iset.timings["instantiate"] = time.perf_counter() - t1
+        else:
+            iset = InstanceSet(
+                plan,
+                self.engine,
+                self.host_linker,
+                self.generated,
+                wasi_config,
+                limits=limits,
+                control=control,
+                ticker=self.ticker,
+                fuel=self.fuel,
+                loader=loader,
+            )
+        with self._spare_lock:
+            self._last = (plan, limits)
         iset.timings["compile"] = t1 - t0
         try:
             iset.initialize()
@@ -323,6 +340,79 @@ class Runtime:
             iset.close()  # free the Store now, not when a traceback lets go of it
             raise
         return iset
+
+    # -- the spare ------------------------------------------------------------
+
+    def prepare_spare(self) -> bool:
+        """Build now, while idle, the instance set that the next run of the
+        last plan will need; returns whether one is ready.
+
+        A long-lived process that runs the same program again and again (a
+        wasmrund worker, between two requests of its uid) calls this after
+        answering a request: instantiating libc.so and the program, the
+        largest part of a warm run, then happens before the next request
+        arrives instead of after. The spare is still a fresh instance set,
+        used by one run only: its memory, table, globals and instances are
+        its own, no guest code has run in it, and the request gives it its
+        WASI context and controller (:meth:`InstanceSet.attach`). It is used
+        only for the same plan object (a plan whose files changed is a new
+        plan) and the same limits, and never for a plan with a start
+        function, which runs guest code at instantiation. A build that fails
+        leaves no spare; the run then builds its set and reports the error.
+        """
+        with self._spare_lock:
+            last = self._last
+            spare = self._spare
+            if last is None:
+                return False
+            if spare is not None and spare.plan is last[0] and spare.limits == last[1]:
+                return True
+            self._spare = None
+        if spare is not None:
+            spare.close()
+        plan, limits = last
+        if any(pm.image.info.start is not None for pm in plan.modules):
+            return False
+        try:
+            spare = InstanceSet(
+                plan,
+                self.engine,
+                self.host_linker,
+                self.generated,
+                None,
+                limits=limits,
+                ticker=self.ticker,
+                fuel=self.fuel,
+                loader=(self.cache, self.search),
+            )
+        except Exception:
+            return False
+        with self._spare_lock:
+            if self._spare is None:
+                self._spare, spare = spare, None
+        if spare is not None:  # another thread made one meanwhile
+            spare.close()
+        return True
+
+    def drop_spare(self) -> None:
+        """Free the spare, if any (its memory and instances)."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+            self._last = None
+        if spare is not None:
+            spare.close()
+
+    def _take_spare(self, plan: LinkPlan, limits: RunLimits) -> InstanceSet | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+            if spare is None:
+                return None
+            usable = spare.plan is plan and spare.limits == limits
+            self.spare_stats["spare.hits" if usable else "spare.misses"] += 1
+        if usable:
+            return spare
+        spare.close()
+        return None
 
     def run(
         self,

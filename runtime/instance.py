@@ -123,7 +123,7 @@ class InstanceSet:
         engine: wasmtime.Engine,
         host_linker: wasmtime.Linker,
         generated: GeneratedModules,
-        wasi: wasmtime.WasiConfig,
+        wasi: wasmtime.WasiConfig | None,
         store: wasmtime.Store | None = None,
         limits: RunLimits | None = None,
         control: RunControl | None = None,
@@ -137,7 +137,8 @@ class InstanceSet:
         self._closed = False
         t0 = time.perf_counter()
         self.store = store if store is not None else wasmtime.Store(engine)
-        self.store.set_wasi(wasi)
+        if wasi is not None:  # None: a spare, given its run's context by attach()
+            self.store.set_wasi(wasi)
         self.limits = limits or RunLimits()
         self.control = control
         self._ticker = ticker
@@ -169,6 +170,27 @@ class InstanceSet:
             self.close()
             raise
         self.timings["instantiate"] = time.perf_counter() - t0
+
+    def attach(
+        self,
+        wasi: wasmtime.WasiConfig,
+        control: RunControl | None,
+        loader: tuple | None,
+    ) -> None:
+        """Give a spare (built with ``wasi=None`` and no controller, before
+        its request existed) the request's WASI context, controller and
+        search path. No guest code has run in it: instantiation runs none
+        (spares are only built for plans without start functions), so it is
+        as fresh as a set built now, only earlier."""
+        self.store.set_wasi(wasi)
+        self.control = control
+        if control is not None:
+            self._epoch_callback = install_epoch_check(self.store, control)
+        self._loader = loader
+        if self._dynamic is not None and loader is not None:
+            # Built already (libc.so imports dyld): later dlopens search the
+            # request's path, not the one the spare was built with.
+            self._dynamic.search = loader[1]
 
     # -- end of the run -------------------------------------------------------
 
