@@ -132,6 +132,12 @@ def serve(
             with current.lock:
                 current.control = None
         channel.send({"op": "done", "response": response})
+        # Idle until the next job: instantiate what a repeat of this request
+        # needs now, off the next request's critical path.
+        runtime.prepare_spare()
+        # Idle until the next job: instantiate what a repeat of this request
+        # needs now, off the next request's critical path.
+        runtime.prepare_spare()
 
 
 @contextlib.contextmanager
