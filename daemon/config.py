@@ -31,6 +31,8 @@
     library_path = ["/usr/lib/wasm32-wasi"]   # searched after each request's own dirs
     preload = ["libc.so"]                     # compiled and cached at start
     fuel = false                              # allow fuel limits (slower code)
+    access_log = true                         # a log line per request (at info;
+                                              # false: at debug)
     drain_timeout = 30.0                      # on SIGTERM, seconds to let runs finish
 
     [limits]                                  # defaults, and the most a client may ask
@@ -106,6 +108,7 @@ class DaemonConfig:
     library_path: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
     fuel: bool = False
+    access_log: bool = True
     drain_timeout: float = 30.0
     limits: Limits = Limits()
     workers_per_uid: int | None = None  # None: concurrency
@@ -300,7 +303,7 @@ def parse_config(doc: Mapping[str, Any], source: str = "<config>") -> DaemonConf
         where = f"{source}: {key}"
         if key in _TOP:
             kw[key] = _TOP[key](where, value)
-        elif key == "fuel":
+        elif key in ("fuel", "access_log"):
             if not isinstance(value, bool):
                 raise _fail(where, "true or false", value)
             kw[key] = value

@@ -34,13 +34,13 @@ import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 from wasmrun.protocol import (
     MAX_FDS,
     PROTOCOL_VERSION,
-    CallResult,
+    Answer,
     Cancel,
     Connection,
     Dlopen,
@@ -49,16 +49,14 @@ from wasmrun.protocol import (
     Ping,
     Pong,
     Preload,
-    PreloadResult,
     ProtocolError,
     Response,
     Run,
-    RunResult,
     Stats,
     StatsResult,
-    decode_message,
     encode_message,
     error_response,
+    peek_answer,
 )
 
 from .channel import close_fds, received_fds
@@ -192,6 +190,8 @@ class Server:
         }
         self.started = time.monotonic()
         self.draining = False
+        # The per-request line: at info (an access log), or debug if not wanted.
+        self.access_level = logging.INFO if config.access_log else logging.DEBUG
         self._idle = trio.Event()  # set whenever no request is in flight
         self._closed = trio.Event()  # set whenever a connection ends
         self._accept_stopped = trio.Event()
@@ -508,6 +508,13 @@ async def _refuse(sock: trio.socket.SocketType, err: Error, linger: float) -> No
             received += len(data)
 
 
+class _Forward(NamedTuple):
+    """A worker's answer, encoded by the worker, to send as it is."""
+
+    answer: Answer
+    payload: bytes
+
+
 class _Inflight:
     """A request in flight: what goes to its worker (the message as
     received, its descriptors and their roles), and how to stop it while it
@@ -583,6 +590,19 @@ class _ConnectionHandler:
             except ProtocolError as e:  # a response we cannot encode (too large...)
                 log.error("cannot send %s: %s", msg.TYPE, e)
                 data = encode_message(error_for(e, getattr(msg, "request_id", 0) or 0))
+            if not await _send_all(self.sock, data):
+                self.gone = True
+
+    async def forward(self, answer: Answer, payload: bytes) -> None:
+        """Send an answer a worker encoded, as it is (see _run_on_a_worker)."""
+        if self.gone:
+            return
+        async with self.send_lock:
+            try:
+                data = self.conn.send_answer(answer.request_id, payload)
+            except ProtocolError as e:  # larger than a frame
+                log.error("cannot forward %s: %s", answer.type, e)
+                data = encode_message(error_for(e, answer.request_id))
             if not await _send_all(self.sock, data):
                 self.gone = True
 
@@ -754,31 +774,40 @@ class _ConnectionHandler:
             response = error_for(e, msg.request_id)
         finally:
             close_fds(job.fds)
-        if isinstance(response, Error):
-            server.counters["daemon.errors"] += 1
-            outcome = f"{response.kind} error (exit {response.exit_code})"
+        if isinstance(response, _Forward):
+            answer = response.answer
+            kind, status = answer.kind, answer.exit_code
         else:
-            outcome = f"exit {getattr(response, 'exit_code', 0)}"
-        what = getattr(msg, "program", None) or getattr(msg, "library", None) or "preload"
-        if isinstance(msg, Dlopen):
-            what = f"{what} {msg.symbol}"
-        log.info(
-            "uid=%d pid=%d %s %s %.1f ms %s",
-            self.peer.uid,
-            self.peer.pid,
-            msg.TYPE,
-            what,
-            (time.perf_counter() - t0) * 1e3,
-            outcome,
-        )
+            kind = response.kind if isinstance(response, Error) else None
+            status = getattr(response, "exit_code", 0)
+        if kind is not None:
+            server.counters["daemon.errors"] += 1
+        if log.isEnabledFor(server.access_level):
+            outcome = f"exit {status}" if kind is None else f"{kind} error (exit {status})"
+            what = getattr(msg, "program", None) or getattr(msg, "library", None) or "preload"
+            if isinstance(msg, Dlopen):
+                what = f"{what} {msg.symbol}"
+            log.log(
+                server.access_level,
+                "uid=%d pid=%d %s %s %.1f ms %s",
+                self.peer.uid,
+                self.peer.pid,
+                msg.TYPE,
+                what,
+                (time.perf_counter() - t0) * 1e3,
+                outcome,
+            )
         try:
-            await self.send(response)
+            if isinstance(response, _Forward):
+                await self.forward(response.answer, response.payload)
+            else:
+                await self.send(response)
         finally:
             self.inflight.pop(msg.request_id, None)
             self.request_done()
             server.request_finished()
 
-    async def _execute(self, job: _Inflight) -> Response:
+    async def _execute(self, job: _Inflight) -> Response | _Forward:
         timeout = _timeout_of(self.server.config, job.msg)
         for _ in range(_WORKER_TRIES):
             answer = await self._run_on_a_worker(job, timeout)
@@ -790,7 +819,9 @@ class _ConnectionHandler:
             message="no worker could take the request",
         )
 
-    async def _run_on_a_worker(self, job: _Inflight, timeout: float | None) -> Response | None:
+    async def _run_on_a_worker(
+        self, job: _Inflight, timeout: float | None
+    ) -> Response | _Forward | None:
         """The response, or None if the worker given was already dead (it
         died while idle: another one gets the request)."""
         server = self.server
@@ -834,16 +865,17 @@ class _ConnectionHandler:
         finally:
             server.counters["daemon.active"] -= 1
             server.scheduler.release(worker)
+        # The worker encoded a message it built and validated: forward its
+        # bytes, checking only what the front acts on (the request it
+        # answers, its status for the log). Only this uid's client reads it,
+        # and the client validates everything it receives.
         try:
-            response = decode_message(raw)
+            answer = peek_answer(raw)
         except ProtocolError as e:
             return Error(request_id=rid, kind="internal", message=f"bad answer from worker: {e}")
-        if (
-            not isinstance(response, RunResult | CallResult | PreloadResult | Error)
-            or response.request_id != rid
-        ):
+        if answer.request_id != rid:
             return Error(request_id=rid, kind="internal", message="bad answer from worker")
-        return response
+        return _Forward(answer, raw)
 
 
 def _timeout_of(config: DaemonConfig, msg: Run | Dlopen | Preload) -> float | None:

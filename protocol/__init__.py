@@ -128,12 +128,14 @@ by the 26 bytes of msgpack ``{"v": 1, "type": "ping", "request_id": 7}``.
 """
 
 from .codec import (
+    Answer,
     decode_message,
     encode_message,
     encode_payload,
     error_response,
     message_from_map,
     message_to_map,
+    peek_answer,
 )
 from .connection import Connection, ConnectionState, Role
 from .errors import (
@@ -177,6 +179,7 @@ from .messages import (
 )
 
 __all__ = [
+    "Answer",
     "ERROR_KINDS",
     "EXIT_CODES",
     "HEADER_SIZE",
@@ -224,4 +227,5 @@ __all__ = [
     "error_response",
     "message_from_map",
     "message_to_map",
+    "peek_answer",
 ]

@@ -7,7 +7,7 @@ a msgpack, Key/Type/Value error, so the daemon needs exactly one ``except``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import attrs
 import msgpack
@@ -229,6 +229,47 @@ def message_from_map(wire: Any) -> Message:
         raise UnknownMessageType(type_)
     message: Message = _build(cls, wire, _ENVELOPE)
     return message
+
+
+class Answer(NamedTuple):
+    """What a forwarder needs of an encoded answer (see :func:`peek_answer`)."""
+
+    type: str  # "run_result", "call_result", "preload_result" or "error"
+    request_id: int
+    exit_code: int  # RunResult's status; an Error's exit_code; else 0
+    kind: str | None  # an Error's kind
+
+
+_ANSWER_TYPES: Final = frozenset({"run_result", "call_result", "preload_result", "error"})
+
+
+def peek_answer(payload: bytes) -> Answer:
+    """The type, request id and status of an encoded answer, without
+    building and validating the whole message.
+
+    For a server that forwards answers other code encoded (wasmrund's front
+    forwards what its workers encode from messages they built and
+    validated): it checks what it acts on, and a client still validates
+    everything it receives. Raises MalformedFrame for anything else.
+    """
+    try:
+        wire = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 - see _unpack
+        raise MalformedFrame(f"invalid msgpack: {type(exc).__name__}") from None
+    if type(wire) is not dict:
+        raise MalformedFrame(f"answer is not a msgpack map (got {type_name(wire)})")
+    type_ = wire.get("type")
+    rid = wire.get("request_id")
+    if wire.get("v") != PROTOCOL_VERSION or type_ not in _ANSWER_TYPES or type(rid) is not int:
+        raise MalformedFrame("not an answer of this protocol version")
+    status = wire.get("exit_code", 0)
+    kind = wire.get("kind")
+    return Answer(
+        type_,
+        rid,
+        status if type(status) is int else 0,
+        kind if type(kind) is str else None,
+    )
 
 
 def decode_message(payload: bytes) -> Message:

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from .codec import decode_message, encode_message
 from .errors import ConnectionBroken, ProtocolError, UnexpectedMessage
-from .framing import MAX_FRAME_SIZE, FrameDecoder
+from .framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from .messages import (
     MAX_FDS,
     REQUEST_TYPES,
@@ -215,6 +215,21 @@ class Connection:
             self._fail(exc)
         if isinstance(msg, _FINAL) and msg.request_id is not None:
             self._inflight.discard(msg.request_id)
+        return data
+
+    def send_answer(self, request_id: int, payload: bytes) -> bytes:
+        """The bytes to write for an answer to request ``request_id`` that
+        arrives encoded already (a frame body from a wasmrund worker, which
+        encoded the message it built). The caller has checked what it
+        needs of it (:func:`~wasmrun.protocol.codec.peek_answer`); like
+        :meth:`send`, this ends the request and refuses a body that does
+        not fit a frame."""
+        self._check_usable()
+        try:
+            data = encode_frame(payload, max_size=self.max_frame_size)
+        except ProtocolError as exc:
+            self._fail(exc)
+        self._inflight.discard(request_id)
         return data
 
     def _check_usable(self) -> None:

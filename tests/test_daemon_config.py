@@ -26,7 +26,7 @@ def test_full_config(tmp_path: Path):
         f'socket = "/run/x.sock"\nsocket_mode = "0660"\nsocket_group = "{GROUP}"\n'
         'cache_dir = "off"\nconcurrency = 3\nlibrary_path = ["/lib/wasm"]\n'
         'preload = ["libc.so"]\nallowed_uids = [1000, 1001]\nfuel = true\n'
-        "drain_timeout = 5\n"
+        "drain_timeout = 5\naccess_log = false\n"
         "[limits]\ntimeout = 30\nmax_timeout = 60.5\nmemory = 1024\nfuel = 5\n"
     )
     c = load_config(cfg)
@@ -34,6 +34,7 @@ def test_full_config(tmp_path: Path):
     assert c.library_path == ("/lib/wasm",) and c.allowed_uids == (1000, 1001)
     assert c.limits.timeout == 30.0 and c.limits.max_timeout == 60.5 and c.limits.fuel == 5
     assert c.drain_timeout == 5.0 and c.preload == ("libc.so",) and c.fuel
+    assert not c.access_log and DaemonConfig().access_log
     assert c.uid_allowed(1000) and not c.uid_allowed(0)
 
 
@@ -75,6 +76,7 @@ def test_default_socket_path():
         ({"limits": {"fuel": 10}}, "limits.fuel and limits.max_fuel need fuel = true"),
         ({"limits": {"memory": 10, "max_memory": 5}}, r"limits.memory \(10\) is above"),
         ({"drain_timeout": float("inf")}, "drain_timeout: expected a finite number"),
+        ({"access_log": "yes"}, "access_log: expected true or false"),
     ],
 )
 def test_bad_values_name_the_file_and_key(doc, message):

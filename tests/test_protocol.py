@@ -56,6 +56,7 @@ from wasmrun.protocol import (
     encode_payload,
     error_response,
     message_to_map,
+    peek_answer,
 )
 from wasmrun.protocol.messages import I64_MAX, I64_MIN, STD_ROLES
 
@@ -200,6 +201,65 @@ def test_round_trip_through_connections(request: Message, response: Message) -> 
     assert server.next_message() is None
     client.receive_data(server.send(response))
     assert client.next_message() == response
+
+
+_ANSWERS = (RunResult, CallResult, PreloadResult, Error)
+
+
+@settings(max_examples=200)
+@given(responses)
+def test_peek_answer_reads_what_a_forwarder_acts_on(msg: Message) -> None:
+    payload = encode_payload(msg)
+    if not isinstance(msg, _ANSWERS) or msg.request_id is None:
+        with pytest.raises(MalformedFrame):
+            peek_answer(payload)
+        return
+    answer = peek_answer(payload)
+    assert (answer.type, answer.request_id) == (msg.TYPE, msg.request_id)
+    assert answer.exit_code == getattr(msg, "exit_code", 0)
+    assert answer.kind == (msg.kind if isinstance(msg, Error) else None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",  # never used in msgpack
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": PROTOCOL_VERSION + 1, "type": "run_result", "request_id": 1}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "run", "request_id": 1}),  # a request
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "pong", "request_id": 1}),  # not final
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "run_result", "request_id": "1"}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "type": "error"}),  # answers no request
+    ],
+)
+def test_peek_answer_refuses_anything_else(payload: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        peek_answer(payload)
+
+
+@settings(max_examples=100)
+@given(requests.filter(lambda m: isinstance(m, Run | Dlopen | Preload)), responses)
+def test_an_answer_forwarded_encoded_reaches_the_client_as_sent(
+    request: Message, response: Message
+) -> None:
+    if not isinstance(response, _ANSWERS):
+        return
+    response = attrs.evolve(response, request_id=request.request_id)
+    client, server = Connection("client"), Connection("server")
+    server.receive_data(client.send(request))
+    assert server.next_message() == request
+    client.receive_data(server.send_answer(request.request_id, encode_payload(response)))
+    assert client.next_message() == response
+    # The request is over for the server: its id may be used again.
+    server.receive_data(client.send(request))
+    assert server.next_message() == request
+
+
+def test_send_answer_refuses_a_body_larger_than_a_frame() -> None:
+    server = Connection("server", max_frame_size=1024)
+    with pytest.raises(FrameTooLarge):
+        server.send_answer(1, b"x" * 2000)
 
 
 def test_nan_survives_round_trip() -> None:

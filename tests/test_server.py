@@ -7,6 +7,7 @@ assumes how long anything takes.
 from __future__ import annotations
 
 import array
+import logging
 import os
 import socket
 import tempfile
@@ -88,6 +89,10 @@ class FakeWorker:
         if program == "die":
             self.alive = False
             raise WorkerDied("gone")
+        if program == "garbage":  # a worker answering what is no answer
+            return b"\xc1"
+        if program == "other-id":  # ... or answering another request
+            return encode_payload(RunResult(request_id=rid + 1, exit_code=0))
         raise AssertionError(program)
 
 
@@ -450,6 +455,38 @@ async def test_a_worker_that_dies_costs_only_its_request(autojump_clock) -> None
         assert "died unexpectedly" in answer.message and "\n" not in answer.message
         await c.send(run("ok", 2))
         assert await c.receive() == RunResult(request_id=2, exit_code=0)
+
+
+@pytest.mark.parametrize("program", ["garbage", "other-id"])
+async def test_a_bad_answer_from_a_worker_is_an_internal_error(autojump_clock, program) -> None:
+    async with serving() as h:
+        c = await h.connect()
+        await c.send(run(program, 1))
+        answer = await c.receive()
+        assert answer == Error(
+            request_id=1, kind="internal", message=answer.message, exit_code=70
+        )
+        assert answer.message.startswith("bad answer from worker")
+        await c.send(run("ok", 2))  # the connection goes on
+        assert await c.receive() == RunResult(request_id=2, exit_code=0)
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+async def test_the_access_log_line(autojump_clock, caplog, access_log) -> None:
+    caplog.set_level(logging.INFO, logger="wasmrund")
+    async with serving(_config(access_log=access_log)) as h:
+        c = await h.connect()
+        await c.send(run("ok", 1))
+        assert await c.receive() == RunResult(request_id=1, exit_code=0)
+        await c.send(run("die", 2))
+        await c.receive()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("uid=")]
+    if not access_log:
+        assert lines == []
+        return
+    assert len(lines) == 2
+    assert " run ok " in lines[0] and lines[0].endswith(" ms exit 0")
+    assert " run die " in lines[1] and lines[1].endswith(" ms internal error (exit 70)")
 
 
 async def test_a_client_going_away_cancels_its_runs(autojump_clock) -> None:
