@@ -215,9 +215,7 @@ class StdioRelay:
         self.cut = False  # stopped before delivering everything (cancel, timeout)
         self._started = False
         self._done = threading.Event()
-        self._wake_r, self._wake_w = self._pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1  # made by start() when a thread copies
         try:
             by_file: dict[tuple[int, int], str] = {}
             for role in ("stdout", "stderr"):
@@ -274,6 +272,9 @@ class StdioRelay:
             if self.on_done is not None:
                 self.on_done()
             return
+        self._wake_r, self._wake_w = self._pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._started = True
         _POOL.submit(self._main)
 
@@ -304,6 +305,8 @@ class StdioRelay:
         self._ours.clear()
 
     def _wake(self) -> None:
+        if self._wake_w < 0:  # no thread to wake
+            return
         try:
             os.write(self._wake_w, b"x")
         except OSError:
