@@ -7,6 +7,7 @@ a msgpack, Key/Type/Value error, so the daemon needs exactly one ``except``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final, NamedTuple
 
 import attrs
@@ -104,16 +105,19 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise _Rejected(f"msgpack ext type {code} is not allowed")
 
 
+# What msgpack decodes ext data to (it builds these exact types, never subclasses).
+_EXT_TYPES: Final = frozenset({msgpack.Timestamp, msgpack.ExtType})
+
+
 def _is_ext(value: Any) -> bool:
     """Timestamps (ext -1) bypass ext_hook, so containers check for them."""
-    return isinstance(value, msgpack.Timestamp | msgpack.ExtType)
+    return type(value) in _EXT_TYPES
 
 
 def _check_list(items: list[Any]) -> list[Any]:
     """list_hook: reject timestamps inside arrays."""
-    for item in items:
-        if _is_ext(item):
-            raise _Rejected("msgpack ext types (timestamps) are not allowed")
+    if not _EXT_TYPES.isdisjoint(map(type, items)):
+        raise _Rejected("msgpack ext types (timestamps) are not allowed")
     return items
 
 
@@ -121,13 +125,15 @@ def _check_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """object_pairs_hook: reject duplicate keys (which parsers resolve
     differently, a classic way to smuggle a field past a check) and
     timestamps inside maps."""
-    result: dict[Any, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Rejected(f"duplicate map key {quote(key)}")
-        if _is_ext(value):
-            raise _Rejected("msgpack ext types (timestamps) are not allowed")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(f"duplicate map key {quote(key)}")
+            seen.add(key)
+    if not _EXT_TYPES.isdisjoint(map(type, result.values())):
+        raise _Rejected("msgpack ext types (timestamps) are not allowed")
     return result
 
 
@@ -173,33 +179,54 @@ def _unpack(payload: bytes) -> Any:
     return obj
 
 
+class _Schema(NamedTuple):
+    """What _build needs of a message class, worked out once per class."""
+
+    names: frozenset[str]  # its fields
+    fields: tuple[tuple[str, bool, type[Any] | None], ...]  # (name, required, nested class)
+    expected: str  # the fields, for the unknown-field message
+
+
+@functools.cache
+def _schema(cls: type[Any]) -> _Schema:
+    fields = attrs.fields(cls)
+    return _Schema(
+        frozenset(field.name for field in fields),
+        tuple(
+            (field.name, field.default is attrs.NOTHING, field.metadata.get("nested"))
+            for field in fields
+        ),
+        "one of " + ", ".join(field.name for field in fields),
+    )
+
+
 def _build(cls: type[Any], wire: dict[Any, Any], envelope: tuple[str, ...] = ()) -> Any:
     """An instance of the attrs class ``cls`` from its wire map: strict about
     unknown and missing fields; the class's own validators check the values."""
-    fields = attrs.fields(cls)
-    names = {field.name for field in fields}
+    schema = _schema(cls)
+    names = schema.names
     for key in wire:
+        if key in names:
+            continue
         if type(key) is not str:
             raise InvalidField(quote(key), "str field name", type_name(key))
-        if key not in names and key not in envelope:
-            expected = "one of " + ", ".join(field.name for field in fields)
-            raise InvalidField(quote(key), expected, "an unknown field")
+        if key not in envelope:
+            raise InvalidField(quote(key), schema.expected, "an unknown field")
     kwargs: dict[str, Any] = {}
-    for field in fields:
-        value = wire.get(field.name, _MISSING)
+    for name, required, nested in schema.fields:
+        value = wire.get(name, _MISSING)
         if value is _MISSING:
-            if field.default is attrs.NOTHING:
-                raise InvalidField(field.name, "a value (required field)", "nothing")
+            if required:
+                raise InvalidField(name, "a value (required field)", "nothing")
             continue
-        nested = field.metadata.get("nested")
         if nested is not None:
             if type(value) is not dict:
-                raise InvalidField(field.name, "map", type_name(value))
+                raise InvalidField(name, "map", type_name(value))
             try:
                 value = _build(nested, value)
             except InvalidField as exc:
-                raise exc.nested_in(field.name) from None
-        kwargs[field.name] = value
+                raise exc.nested_in(name) from None
+        kwargs[name] = value
     return cls(**kwargs)
 
 
