@@ -7,7 +7,6 @@ a msgpack, Key/Type/Value error, so the daemon needs exactly one ``except``.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Final, NamedTuple
 
 import attrs
@@ -187,8 +186,17 @@ class _Schema(NamedTuple):
     expected: str  # the fields, for the unknown-field message
 
 
-@functools.cache
+_SCHEMAS: dict[type[Any], _Schema] = {}
+
+
 def _schema(cls: type[Any]) -> _Schema:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = _make_schema(cls)
+    return schema
+
+
+def _make_schema(cls: type[Any]) -> _Schema:
     fields = attrs.fields(cls)
     return _Schema(
         frozenset(field.name for field in fields),

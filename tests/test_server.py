@@ -463,9 +463,7 @@ async def test_a_bad_answer_from_a_worker_is_an_internal_error(autojump_clock, p
         c = await h.connect()
         await c.send(run(program, 1))
         answer = await c.receive()
-        assert answer == Error(
-            request_id=1, kind="internal", message=answer.message, exit_code=70
-        )
+        assert answer == Error(request_id=1, kind="internal", message=answer.message, exit_code=70)
         assert answer.message.startswith("bad answer from worker")
         await c.send(run("ok", 2))  # the connection goes on
         assert await c.receive() == RunResult(request_id=2, exit_code=0)
