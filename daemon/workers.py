@@ -25,6 +25,7 @@ import trio
 
 from .channel import (
     _ANC,
+    _RECV_SIZE,
     CANCEL,
     ChannelError,
     FrameSplitter,
@@ -68,7 +69,7 @@ class AsyncChannel:
                 return got
             try:
                 data, anc, _flags, _ = await self.sock.recvmsg(
-                    1 << 20, _ANC, socket.MSG_CMSG_CLOEXEC
+                    _RECV_SIZE, _ANC, socket.MSG_CMSG_CLOEXEC
                 )
             except OSError as e:
                 raise ChannelError(f"receive: {e.strerror}") from None
