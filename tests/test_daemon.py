@@ -397,6 +397,35 @@ def test_runs_do_not_see_each_others_memory(daemon: Daemon, corpus: Path, tmp_pa
     assert "left=10 right=200 base_counter=2" in outputs[0]
 
 
+def test_repeated_runs_each_get_their_own_fresh_run(daemon: Daemon, corpus: Path):
+    """A worker prepares the next run of the program it just ran ahead of
+    time (a spare instance set): each run still starts from fresh memory and
+    constructors, with its own arguments, environment and stdin."""
+    for _ in range(3):
+        p = client(daemon, "run", "-L", str(corpus), str(corpus / "counter.wasm"))
+        assert (p.returncode, p.stdout, p.stderr) == (0, "runs=1 ctors=1\n", "")
+    for word, status in (("one", "3"), ("two", "4")):
+        p = client(
+            daemon,
+            "run",
+            "-L",
+            str(corpus),
+            "--env",
+            f"GREETING={word}",
+            str(corpus / "io.wasm"),
+            word,
+            status,
+            stdin=f"{word}\n",
+        )
+        assert p.returncode == int(status), p.stderr
+        assert p.stdout.splitlines()[1:5] == [
+            f"arg1={word}",
+            f"arg2={status}",
+            f"GREETING={word}",
+            f"stdin={word.upper()}",
+        ]
+
+
 def test_32_concurrent_clients(daemon: Daemon, corpus: Path, tmp_path: Path):
     """Each client gets its own output and its own exit status."""
     results: dict[int, tuple[object, str]] = {}
