@@ -376,6 +376,12 @@ def main() -> int:
                 rss = (end[name][0] - middle[name][0]) / middle[name][0] * 100
                 fds = (end[name][1] - middle[name][1]) / middle[name][1] * 100
                 print(f"   {name}: middle to end RSS {rss:+.1f}%, descriptors {fds:+.1f}%")
+        if tally.wrong:  # what the daemon said about it
+            log = (directory / "wasmrund.log").read_text(errors="replace").splitlines()
+            said = [line for line in log if "wasmrund: uid=" not in line]  # no access lines
+            print("   the daemon's log about it (last 40 such lines):")
+            for line in said[-40:]:
+                print(f"     {line}")
         return 1 if tally.wrong else 0
     finally:
         proc.terminate()

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -39,6 +39,9 @@ CANCEL = struct.Struct("<IB")
 """A record on a worker's cancel socket: the job's number, and why (a
 separate socket, so cancellation never waits behind the job channel)."""
 CANCEL_REASONS = {0: "cancelled", 1: "timeout"}
+
+
+CLOSED: Final = "the other end closed the channel"
 
 
 class ChannelError(Exception):
@@ -95,7 +98,7 @@ class FrameSplitter:
         fds = received_fds(ancdata)
         if not data:
             close_fds(fds)
-            raise ChannelError("the other end closed the channel")
+            raise ChannelError(CLOSED)
         self.feed(data, fds)
 
     def next(self) -> tuple[dict[str, Any], list[int]] | None:

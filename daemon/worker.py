@@ -40,7 +40,7 @@ from wasmrun.protocol import Error, decode_message, encode_payload
 from wasmrun.protocol.messages import Request
 from wasmrun.runtime import LoadError, RunControl, Runtime, debug
 
-from .channel import CANCEL, CANCEL_REASONS, ChannelError, SyncChannel, close_fds
+from .channel import CANCEL, CANCEL_REASONS, CLOSED, ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
 from .execute import Job, error_for, execute, stopped_error
 from .stdio import StdioRelay
@@ -48,15 +48,27 @@ from .stdio import StdioRelay
 log = logging.getLogger("wasmrund")
 
 
+class CodeUnavailable(Exception):
+    """Compiled code was needed while the front does not answer for it."""
+
+
 class RemoteCode:
     """A runtime ``code_source``: compiled code from the front, never
-    compiled here. The asking thread owns the channel while it waits."""
+    compiled here. The asking thread owns the channel while it waits.
+
+    The front answers code requests only while it waits for a job's end:
+    ``offline`` (set while the worker prepares a spare between jobs) makes a
+    request fail at once instead of waiting for an answer that never comes,
+    with the next job's message taken for it."""
 
     def __init__(self, engine: wasmtime.Engine, channel: SyncChannel) -> None:
         self.engine = engine
         self.channel = channel
+        self.offline = False
 
     def __call__(self, digest: str, data: bytes) -> wasmtime.Module:
+        if self.offline:
+            raise CodeUnavailable("compiled code is fetched only during a job")
         self.channel.send({"op": "code", "data": data})
         while True:
             msg, fds = self.channel.receive()
@@ -72,12 +84,36 @@ class RemoteCode:
 
 
 class _Current:
-    """The job being run, for the cancel thread."""
+    """The job being run, for the cancel thread.
+
+    A cancel can arrive before its job does (the front sends the job, then
+    a cancel on the other socket, and this thread may read the cancel
+    first): it is kept, and the job is stopped as it starts."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.number = 0
         self.control: RunControl | None = None
+        self.early: tuple[int, str] | None = None  # a cancel for a later job
+
+    def start(self, number: int, control: RunControl) -> None:
+        with self.lock:
+            self.number = number
+            self.control = control
+            if self.early is not None and self.early[0] == number:
+                control.cancel(self.early[1])
+            self.early = None
+
+    def end(self) -> None:
+        with self.lock:
+            self.control = None
+
+    def cancel(self, number: int, reason: str) -> None:
+        with self.lock:
+            if number == self.number and self.control is not None:
+                self.control.cancel(reason)
+            elif number > self.number:
+                self.early = (number, reason)
 
 
 def _listen_for_cancels(sock: socket.socket, current: _Current) -> None:
@@ -96,9 +132,7 @@ def _listen_for_cancels(sock: socket.socket, current: _Current) -> None:
         while len(buffer) >= CANCEL.size:
             number, why = CANCEL.unpack_from(buffer)
             buffer = buffer[CANCEL.size :]
-            with current.lock:
-                if current.number == number and current.control is not None:
-                    current.control.cancel(CANCEL_REASONS.get(why, "cancelled"))
+            current.cancel(number, CANCEL_REASONS.get(why, "cancelled"))
 
 
 def serve(
@@ -106,6 +140,7 @@ def serve(
     cancels: socket.socket,
     runtime: Runtime,
     config: DaemonConfig,
+    code: RemoteCode | None = None,
 ) -> None:
     """Run jobs until the front closes the channel or says ``exit``."""
     current = _Current()
@@ -115,26 +150,32 @@ def serve(
     while True:
         try:
             msg, fds = channel.receive()
-        except ChannelError:
-            return  # the front is gone or retired us
+        except ChannelError as e:  # the front is gone or retired us, or a bug
+            if str(e) != CLOSED:
+                log.error("worker %d: job channel: %s", os.getpid(), e)
+            return
         if msg["op"] != "job":
             close_fds(fds)
             if msg["op"] == "exit":
                 return
             continue
         control = RunControl()
-        with current.lock:
-            current.number = int(msg.get("number", 0))
-            current.control = control
+        current.start(int(msg.get("number", 0)), control)
         try:
             response = run_job(runtime, config, msg, fds, control)
         finally:
-            with current.lock:
-                current.control = None
+            current.end()
         channel.send({"op": "done", "response": response})
         # Idle until the next job: instantiate what a repeat of this request
-        # needs now, off the next request's critical path.
-        runtime.prepare_spare()
+        # needs now, off the next request's critical path (with the code in
+        # memory: the front answers no code request between jobs).
+        if code is not None:
+            code.offline = True
+        try:
+            runtime.prepare_spare()
+        finally:
+            if code is not None:
+                code.offline = False
         # Idle until the next job: instantiate what a repeat of this request
         # needs now, off the next request's critical path.
         runtime.prepare_spare()

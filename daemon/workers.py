@@ -165,23 +165,33 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cancel_ours, cancel_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            async with self._lock:  # one spawn at a time: the zygote is serial
-                ident = next(self._ids)
-                await self.channel.send(
-                    {
-                        "op": "spawn",
-                        "id": ident,
-                        "uid": identity.uid,
-                        "gid": identity.gid,
-                        "groups": list(identity.groups),
-                        "max_fds": limits.max_fds,
-                        "max_data": limits.max_data,
-                    },
-                    [theirs.fileno(), cancel_theirs.fileno()],
-                )
-                theirs.close()
-                cancel_theirs.close()
-                msg, fds = await self.channel.receive()
+            # One spawn at a time (the zygote is serial), and never half of
+            # one: a request cancelled between asking and reading the answer
+            # would leave the answer for the next spawn, which would then
+            # take another worker's pid for its own (and kill that worker
+            # when retiring its own). Forking takes milliseconds; the caller
+            # sees its cancellation right after, with the worker in hand.
+            with trio.CancelScope(shield=True):
+                async with self._lock:
+                    ident = next(self._ids)
+                    await self.channel.send(
+                        {
+                            "op": "spawn",
+                            "id": ident,
+                            "uid": identity.uid,
+                            "gid": identity.gid,
+                            "groups": list(identity.groups),
+                            "max_fds": limits.max_fds,
+                            "max_data": limits.max_data,
+                        },
+                        [theirs.fileno(), cancel_theirs.fileno()],
+                    )
+                    theirs.close()
+                    cancel_theirs.close()
+                    msg, fds = await self.channel.receive()
+                    if msg.get("id") != ident:  # a bug: say so, never mismatch
+                        close_fds(fds)
+                        raise ChannelError(f"answer {msg.get('id')!r} to spawn {ident}")
         except ChannelError as e:
             ours.close()
             cancel_ours.close()

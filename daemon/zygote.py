@@ -136,6 +136,7 @@ def _main(
     gc.collect()
     gc.freeze()
     children: set[int] = set()
+    killed: set[int] = set()  # killed on the front's request
     pending = b""
     while True:
         readable, _, _ = select.select([channel.fileno(), kills.fileno()], [], [], _REAP_INTERVAL)
@@ -150,9 +151,10 @@ def _main(
                 if pid in children:  # ours and not reaped: never a reused pid
                     try:
                         os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
                     except OSError:
                         pass
-        _reap(children)
+        _reap(children, killed)
         if channel.fileno() not in readable:
             continue
         try:
@@ -166,15 +168,28 @@ def _main(
         close_fds(fds)
 
 
-def _reap(children: set[int]) -> None:
+def _reap(children: set[int], killed: set[int]) -> None:
+    """Collect ended workers; one that ended in a way the front did not
+    ask for (a signal, a failure status) is logged with how."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         children.discard(pid)
+        if pid in killed:
+            killed.discard(pid)
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:  # a real-time signal
+                name = f"signal {sig}"
+            log.error("worker %d was killed by %s", pid, name)
+        elif os.WEXITSTATUS(status) != 0:
+            log.error("worker %d exited with status %d", pid, os.WEXITSTATUS(status))
 
 
 def _spawn(
@@ -252,4 +267,4 @@ def _become_worker(
     sys.stdin = None
     channel = SyncChannel(socket.socket(fileno=worker_fds[0]))
     code.channel = channel
-    worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config)
+    worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config, code)

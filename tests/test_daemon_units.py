@@ -365,3 +365,51 @@ def test_execute_applies_the_configured_timeout(runtime: Runtime, corpus: Path):
         os.close(fd)
     assert isinstance(answer, Error) and answer.kind == "timeout"
     assert answer.message == "run timed out after 0.2 s"
+
+
+def test_a_cancel_that_arrives_before_its_job_still_stops_it() -> None:
+    """The front sends a job, then (its client gone) a cancel on the other
+    socket; the worker's cancel thread may read the cancel first."""
+    from wasmrun.daemon.worker import _Current
+
+    current = _Current()
+    first = RunControl()
+    current.start(1, first)
+    current.end()
+    current.cancel(2, "cancelled")  # job 2 is not running yet
+    second = RunControl()
+    current.start(2, second)
+    assert second.reason == "cancelled" and first.reason is None
+    current.end()
+    current.cancel(2, "timeout")  # job 2 is over: nothing to stop
+    third = RunControl()
+    current.start(3, third)
+    assert third.reason is None
+    current.cancel(3, "timeout")
+    assert third.reason == "timeout"
+    current.end()
+    current.cancel(3, "cancelled")  # a late cancel for an ended job is dropped
+    fourth = RunControl()
+    current.start(4, fourth)
+    assert fourth.reason is None
+
+
+def test_between_jobs_a_worker_asks_the_front_for_no_code() -> None:
+    """The front answers code requests only while a job runs: a spare built
+    between jobs that needs code fails at once (no spare), rather than wait
+    for an answer and take the next job's message for it."""
+    from wasmrun.daemon.worker import CodeUnavailable, RemoteCode
+
+    class Channel:
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
+
+        def send(self, message: dict, fds: tuple = ()) -> None:
+            self.sent.append(message)
+
+    channel = Channel()
+    code = RemoteCode(wasmtime.Engine(), channel)  # type: ignore[arg-type]
+    code.offline = True
+    with pytest.raises(CodeUnavailable):
+        code("digest", b"\0asm\1\0\0\0")
+    assert channel.sent == []

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 from wasmrun.daemon import server as server_module
+from wasmrun.daemon.channel import close_fds
 from wasmrun.daemon.config import DaemonConfig
 from wasmrun.daemon.identity import Identity, own_identity
 from wasmrun.daemon.scheduler import Busy, PoolLimits, Scheduler
@@ -676,3 +677,54 @@ async def test_refused_connections_linger_only_while_few_do(autojump_clock, monk
             c.close()
         await trio.testing.wait_all_tasks_blocked()
         assert h.server.lingering == 0
+
+
+# -- the zygote handle -----------------------------------------------------------------------
+
+
+async def test_a_spawn_cancelled_midway_leaves_no_answer_for_the_next(autojump_clock) -> None:
+    """A request cancelled while its worker is being forked (its client
+    went away) must not leave the zygote's answer for the next spawn, which
+    would take that pid for its own worker, and kill the wrong worker when
+    retiring it."""
+    from wasmrun.daemon.workers import AsyncChannel, WorkerLimits, Zygote
+
+    front, zyg_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    kills, kills_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    zygote = Zygote(0, front, kills)
+    fake = AsyncChannel(zyg_end)  # the test plays the zygote
+    identity = own_identity()
+    spawned: list[int] = []
+
+    async def first_spawn(scope: trio.CancelScope) -> None:
+        with scope:
+            worker = await zygote.spawn(identity, WorkerLimits())
+            spawned.append(worker.pid)
+            worker.close()
+
+    scope = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_spawn, scope)
+        msg, fds = await fake.receive()  # the first spawn request
+        close_fds(fds)
+        scope.cancel()  # its client is gone, while the fork is under way
+        await trio.testing.wait_all_tasks_blocked()
+        await fake.send({"op": "spawned", "id": msg["id"], "pid": 111})
+    second: list[int] = []
+
+    async def second_spawn() -> None:
+        worker = await zygote.spawn(identity, WorkerLimits())
+        second.append(worker.pid)
+        worker.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second_spawn)
+        msg, fds = await fake.receive()
+        close_fds(fds)
+        await fake.send({"op": "spawned", "id": msg["id"], "pid": 222})
+    assert second == [222]
+    assert spawned == [111]  # the first finished its exchange, then saw its cancel
+    for s in (kills, kills_peer):
+        s.close()
+    fake.close()
+    zygote.channel.close()
