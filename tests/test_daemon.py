@@ -426,6 +426,34 @@ def test_repeated_runs_each_get_their_own_fresh_run(daemon: Daemon, corpus: Path
         ]
 
 
+def _head(daemon: Daemon | None, corpus: Path) -> tuple[int, bytes, str]:
+    """``wasmrun run loud.wasm 2000 | head -c 20``: (status, output, stderr)."""
+    extra = ["--socket", str(daemon.socket)] if daemon else ["--no-daemon"]
+    command = [sys.executable, "-m", "wasmrun.client.cli", "run", *extra, "-L", str(corpus)]
+    proc = subprocess.Popen(
+        [*command, str(corpus / "loud.wasm"), "2000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    head = proc.stdout.read(20)
+    proc.stdout.close()  # as head does: the guest's next writes meet a closed pipe
+    err = proc.stderr.read().decode()
+    return proc.wait(TIMEOUT), head, err
+
+
+def test_a_guest_writing_into_a_closed_pipe_does_not_kill_its_worker(daemon: Daemon, corpus: Path):
+    """Through the daemon the guest's write fails with EPIPE and the run
+    ends as the guest decides (loud.c ignores write errors: status 0); its
+    worker does not die of SIGPIPE, which answered "died unexpectedly" (70).
+    In process, the wasmrun process itself gets the SIGPIPE, as a native
+    program does."""
+    assert _head(daemon, corpus) == (0, b"line 0000000000 of o", "")
+    assert _head(None, corpus) == (-signal.SIGPIPE, b"line 0000000000 of o", "")
+    p = client(daemon, "run", "-L", str(corpus), str(corpus / "hello.wasm"))
+    assert (p.returncode, p.stdout) == (0, "hello, world\n")  # the worker goes on
+
+
 def test_32_concurrent_clients(daemon: Daemon, corpus: Path, tmp_path: Path):
     """Each client gets its own output and its own exit status."""
     results: dict[int, tuple[object, str]] = {}
