@@ -185,6 +185,7 @@ class Runtime:
         # The spare: an instance set built ahead of the next run (prepare_spare).
         self._spare: InstanceSet | None = None
         self._last: tuple[LinkPlan, RunLimits] | None = None
+        self._repeated = False  # the last run's plan and limits were the ones before too
         self._spare_lock = threading.Lock()
         self.spare_stats = {"spare.hits": 0, "spare.misses": 0}
 
@@ -332,6 +333,8 @@ class Runtime:
                 loader=loader,
             )
         with self._spare_lock:
+            last = self._last
+            self._repeated = last is not None and last[0] is plan and last[1] == limits
             self._last = (plan, limits)
         iset.timings["compile"] = t1 - t0
         try:
@@ -359,11 +362,15 @@ class Runtime:
         plan) and the same limits, and never for a plan with a start
         function, which runs guest code at instantiation. A build that fails
         leaves no spare; the run then builds its set and reports the error.
+
+        Only a plan run twice in a row gets a spare: a process serving
+        varied programs would otherwise build one after every run and throw
+        it away at the next.
         """
         with self._spare_lock:
             last = self._last
             spare = self._spare
-            if last is None:
+            if last is None or not self._repeated:
                 return False
             if spare is not None and spare.plan is last[0] and spare.limits == last[1]:
                 return True
@@ -399,6 +406,7 @@ class Runtime:
         with self._spare_lock:
             spare, self._spare = self._spare, None
             self._last = None
+            self._repeated = False
         if spare is not None:
             spare.close()
 

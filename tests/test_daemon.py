@@ -404,7 +404,7 @@ def test_repeated_runs_each_get_their_own_fresh_run(daemon: Daemon, corpus: Path
     for _ in range(3):
         p = client(daemon, "run", "-L", str(corpus), str(corpus / "counter.wasm"))
         assert (p.returncode, p.stdout, p.stderr) == (0, "runs=1 ctors=1\n", "")
-    for word, status in (("one", "3"), ("two", "4")):
+    for word, status in (("one", "3"), ("two", "4"), ("three", "5")):
         p = client(
             daemon,
             "run",
