@@ -54,10 +54,10 @@ from toolchain.corpus import build_corpus  # noqa: E402
 MIX = {"hello": 40, "dlopen": 15, "trap": 10, "timeout": 8, "killed": 7, "garbage": 10, "slow": 10}
 
 
-def start_daemon(directory: Path, corpus: Path) -> subprocess.Popen:
+def start_daemon(directory: Path, corpus: Path, max_requests: int = 500) -> subprocess.Popen:
     config = (
         "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\nqueue_per_uid = 1000\n"
-        "worker_max_requests = 500\nframe_timeout = 2.0\n"
+        f"worker_max_requests = {max_requests}\nframe_timeout = 2.0\n"
     )
     proc, _ = bench.start_daemon(directory, corpus, os.cpu_count() or 1, config=config)
     return proc
@@ -271,10 +271,16 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=50)
     ap.add_argument("--half", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--worker-max-requests",
+        type=int,
+        default=500,
+        help="runs before a worker is replaced (large: watch the workers grow, or not)",
+    )
     ns = ap.parse_args()
     corpus = build_corpus(ROOT / "tests" / "c" / "corpus.toml", ROOT / "build" / "corpus")
     directory = Path(tempfile.mkdtemp(prefix="wrsoak-", dir="/tmp"))
-    proc = start_daemon(directory, corpus)
+    proc = start_daemon(directory, corpus, ns.worker_max_requests)
     path = str(directory / "d.sock")
     try:
         expected: dict[str, tuple[int, bytes]] = {}
@@ -352,6 +358,11 @@ def main() -> int:
                 still_open += 1
             c.close()
         served = sum(tally.served.values())
+        conn = Conn(path)
+        conn.send(wire.simple_request("stats", 1), [])
+        stats_reply = conn.reply()
+        conn.close()
+        stats = stats_reply.fields.get("stats", {}) if stats_reply is not None else {}
         print(
             f"soak: {ns.clients} clients for {elapsed:.0f} s, {ns.idle} idle connections, "
             f"load average {load:.2f} at start, {os.cpu_count()} cores"
@@ -365,13 +376,19 @@ def main() -> int:
         print("   failures by kind (expected ones: the mix asks for them):")
         for kind, n in sorted(tally.failures.items()):
             print(f"     {kind:<20} {n}")
+        print(
+            f"   workers started {stats.get('workers.spawned')}, retired "
+            f"{stats.get('workers.retired')}; killed {stats.get('daemon.killed')} "
+            f"(runs that did not stop in time), died {stats.get('daemon.worker_deaths')}"
+        )
         print(f"   idle connections still open at the end: {still_open} of {ns.idle}")
         print(f"   half-sent frames cut by the daemon: {cut[0]} ({ns.half} kept in flight)")
         print("   daemon (RSS, descriptors, threads):")
         show("start", start)
         show("middle", middle)
         show("end", end)
-        for name in ("front", "zygote"):
+        workers = [k for k in middle if k.startswith("workers") and k in end]
+        for name in ("front", "zygote", *workers):
             if name in middle and name in end:
                 rss = (end[name][0] - middle[name][0]) / middle[name][0] * 100
                 fds = (end[name][1] - middle[name][1]) / middle[name][1] * 100
