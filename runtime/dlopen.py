@@ -414,6 +414,7 @@ class DynamicLinker:
         self.layout_symbols = plan.layout_symbols
         self._host_funcs: dict[str, wasmtime.Func] = {}
         self._keep: list[object] = []  # PLT instances etc. kept alive with the run
+        self._exit_hooked = False  # see _hook_exit
         self._register_lazy_from_plan()
 
     @property
@@ -1006,11 +1007,52 @@ class DynamicLinker:
         for m in self.modules:
             if m.dynamic and not m.closed and m.dso_handle == dso:
                 m.dtors.append((fn, arg))
+                self._hook_exit()
                 return 0
         owner = self._global_lookup("__cxa_atexit", KIND_FUNC)
         if owner is None:
             return 0
         return self._export(owner, "__cxa_atexit")(self.store, fn, arg, dso)
+
+    def _run_destructors(self, modules: list[int]) -> None:
+        """The destructors of ``modules``, module by module in that order,
+        each module's in reverse registration order; each runs once (taken
+        from its module before it runs), for dlclose and for exit alike."""
+        for mi in modules:
+            m = self.modules[mi]
+            dtors, m.dtors = m.dtors, []
+            for fn, arg in reversed(dtors):
+                func = self.iset.table.get(self.store, fn)
+                if isinstance(func, wasmtime.Func):
+                    func(self.store, arg)
+
+    def _hook_exit(self) -> None:
+        """Have the program's exit run the destructors of libraries still
+        open, as ld.so's exit does: when a dlopen'ed library first keeps a
+        destructor here, one handler is registered with the C library's own
+        ``__cxa_atexit``. It runs with the other exit handlers, before the C
+        library flushes its streams, so what destructors print is not lost."""
+        if self._exit_hooked:
+            return
+        self._exit_hooked = True
+        owner = self._global_lookup("__cxa_atexit", KIND_FUNC)
+        if owner is None:  # no C library to run exit handlers
+            return
+        wt = wasmtime.FuncType([wasmtime.ValType.i32()], [])
+        func = wasmtime.Func(self.store, wt, _WeakHostCall(self, "_at_exit"))
+        try:
+            slot = self._new_table_slot("the exit handler of dlopen'ed libraries")
+        except DlError:  # the table is at its limit: no destructors at exit
+            return
+        self.iset.table.set(self.store, slot, func)
+        self._export(owner, "__cxa_atexit")(self.store, slot, 0, 0)
+
+    def _at_exit(self, _arg: int) -> None:
+        """The exit handler: libraries still open, last loaded first."""
+        still_open = [
+            mi for mi, m in enumerate(self.modules) if m.dynamic and not m.closed and m.dtors
+        ]
+        self._run_destructors(still_open[::-1])
 
     def _register_lazy_from_plan(self) -> None:
         """Load-time functions that were missing: a later RTLD_GLOBAL library
@@ -1098,13 +1140,7 @@ class DynamicLinker:
             for mi in h.local_scope
             if self.modules[mi].dynamic and mi not in still_needed and not self.modules[mi].closed
         ]
-        for mi in doomed:  # destructors: dependents first, in reverse registration order
-            m = self.modules[mi]
-            for fn, arg in reversed(m.dtors):
-                func = self.iset.table.get(self.store, fn)
-                if isinstance(func, wasmtime.Func):
-                    func(self.store, arg)
-            m.dtors.clear()
+        self._run_destructors(doomed)  # dependents first
         for mi in doomed:
             m = self.modules[mi]
             m.closed = True

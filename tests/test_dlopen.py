@@ -49,7 +49,17 @@ def test_dlopen_dlsym_flags_dladdr_dlerror_dlclose(run):
         # A later dlopen loads it afresh (constructor again, fresh data).
         "plugin ctor",
         "reopened_value=42",
+        # main returns with it still open: exit runs its destructor, as
+        # ld.so's does.
+        "plugin dtor",
     ]
+
+
+def test_exit_runs_the_destructors_of_libraries_still_open(run):
+    # The same output as the native build of these two files (glibc's
+    # ld.so runs the destructors of every library still loaded at exit).
+    r = run("dlopenarg.wasm", "libplugin.so")
+    assert (r.code, r.out) == (0, "plugin ctor\nloaded: (no who)\nplugin dtor\n")
 
 
 def test_lazy_function_satisfied_by_a_later_dlopen(run):
@@ -78,7 +88,8 @@ def test_bind_now_reports_the_missing_function_at_load(cli, corpus: Path):
 def test_rtld_lazy_library_with_missing_function(run):
     r = run("lazyuser.wasm")
     assert r.code == 0, r.err
-    assert r.out.splitlines() == ["loaded lazily", "plugin ctor", "use_plugin=101"]
+    # (The plugin is still open when main returns: its destructor runs at exit.)
+    assert r.out.splitlines() == ["loaded lazily", "plugin ctor", "use_plugin=101", "plugin dtor"]
     with pytest.raises(GuestTrap, match="undefined symbol: plugin_add"):
         run("lazyuser.wasm", "call-now")
 
@@ -98,6 +109,7 @@ def test_dlopen_after_malloc_grew_memory_keeps_program_data(run):
     assert r.out.splitlines() == [
         "plugin ctor",
         "intact=1 value=43 add=42 more_distinct=1",
+        "plugin dtor",  # still open at exit
     ]
 
 
@@ -107,6 +119,7 @@ def test_library_built_for_toywasm_abi_with_flags_zero(run):
     assert r.out.splitlines() == [
         "plugin ctor",
         "handle_nonzero=1 add=9 value=42 missing_fails=1",
+        "plugin dtor",  # still open at exit
     ]
 
 
