@@ -176,9 +176,6 @@ def serve(
         finally:
             if code is not None:
                 code.offline = False
-        # Idle until the next job: instantiate what a repeat of this request
-        # needs now, off the next request's critical path.
-        runtime.prepare_spare()
 
 
 @contextlib.contextmanager
