@@ -48,7 +48,7 @@ from .wasmbin import (
     GlobalType,
     Import,
 )
-from .wasmtime_seam import get_export
+from .wasmtime_seam import call_void, get_export
 
 # -- closure and order ------------------------------------------------------------
 
@@ -442,19 +442,19 @@ def initialize(
             if init_tls is None:
                 raise LoadError(f"{m.image.display}: has a TLS block but no __wasm_init_tls")
             running(f"TLS set-up of {m.image.display}")
-            init_tls(store, m.tls_base)
+            call_void(store, init_tls, m.tls_base)
     for m in modules:
         f = _own_func(store, m, "__wasm_apply_data_relocs")
         if f is not None:
             running(f"data relocation of {m.image.display}")
-            f(store)
+            call_void(store, f)
     for m in modules:
         if not m.constructors:
             continue
         f = _own_func(store, m, "__wasm_call_ctors") or _own_func(store, m, "_initialize")
         if f is not None:
             running(f"constructor of {m.image.display}")
-            f(store)
+            call_void(store, f)
 
 
 # -- types -----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from .recipe import (
 )
 from .wasmtime_seam import (
     EXTERN_SIZE,
+    call_void,
     copy_func_extern,
     export_getter,
     get_export,
@@ -550,7 +551,7 @@ class InstanceSet:
         t0 = time.perf_counter()
         try:
             with self._guest():
-                start(self.store)
+                call_void(self.store, start)
             return 0
         except wasmtime.ExitTrap as e:
             _drop_tracebacks(e)  # see _failure: a cycle through this frame

@@ -71,3 +71,55 @@ def test_fingerprint_without_the_library_path_still_names_the_build(monkeypatch)
     monkeypatch.setattr(wasmtime_seam, "_I", wasmtime_seam._I._replace(library_file=None))
     ident = wasmtime_seam.library_identity()
     assert ident.startswith(f"wasmtime-py {wasmtime_seam.installed_version()} at ")
+
+
+def test_call_void_behaves_as_func_call():
+    """call_void skips wasmtime-py's per-call type query; what comes out
+    (values set, traps, exit, a host function's exception, a type
+    mismatch) is what ``func(store, ...)`` gives."""
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+
+    def host_fails() -> None:
+        raise ValueError("from the host")
+
+    linker.define_func("host", "fails", wasmtime.FuncType([], []), host_fails)
+    module = wasmtime.Module(
+        engine,
+        wasmtime.wat2wasm(
+            """(module
+                 (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                 (import "host" "fails" (func $fails))
+                 (global $g (export "g") (mut i32) (i32.const 0))
+                 (func (export "set") (param i32 i32)
+                   (global.set $g (i32.add (local.get 0) (local.get 1))))
+                 (func (export "trap") unreachable)
+                 (func (export "exit") (call $exit (i32.const 7)))
+                 (func (export "host") (call $fails)))"""
+        ),
+    )
+    exports = linker.instantiate(store, module).exports(store)
+
+    def func(name: str) -> wasmtime.Func:
+        f = exports[name]
+        assert isinstance(f, wasmtime.Func)
+        return f
+
+    wasmtime_seam.call_void(store, func("set"), 40, 2)
+    g = exports["g"]
+    assert isinstance(g, wasmtime.Global) and g.value(store) == 42
+    for name, args, kind in (
+        ("trap", (), wasmtime.Trap),
+        ("exit", (), wasmtime.WasmtimeError),  # ExitTrap where wasmtime says "exit"
+        ("host", (), ValueError),
+        ("set", (1,), wasmtime.WasmtimeError),  # a missing argument
+    ):
+        with pytest.raises(kind) as ours:
+            wasmtime_seam.call_void(store, func(name), *args)
+        with pytest.raises(kind) as theirs:
+            func(name)(store, *args)
+        assert type(ours.value) is type(theirs.value)
+        assert getattr(ours.value, "code", None) == getattr(theirs.value, "code", None)
