@@ -189,9 +189,6 @@ class Zygote:
                     theirs.close()
                     cancel_theirs.close()
                     msg, fds = await self.channel.receive()
-                    if msg.get("id") != ident:  # a bug: say so, never mismatch
-                        close_fds(fds)
-                        raise ChannelError(f"answer {msg.get('id')!r} to spawn {ident}")
         except ChannelError as e:
             ours.close()
             cancel_ours.close()
@@ -200,6 +197,10 @@ class Zygote:
             theirs.close()
             cancel_theirs.close()
         close_fds(fds)
+        if msg.get("id") != ident:  # a bug: say so, never take another's worker
+            ours.close()
+            cancel_ours.close()
+            raise SpawnFailed(f"internal error: the zygote answered spawn {msg.get('id')!r}")
         if msg["op"] != "spawned":
             ours.close()
             cancel_ours.close()

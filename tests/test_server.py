@@ -728,3 +728,26 @@ async def test_a_spawn_cancelled_midway_leaves_no_answer_for_the_next(autojump_c
         s.close()
     fake.close()
     zygote.channel.close()
+
+
+async def test_an_answer_to_another_spawn_is_refused(autojump_clock) -> None:
+    from wasmrun.daemon.workers import AsyncChannel, SpawnFailed, WorkerLimits, Zygote
+
+    front, zyg_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    kills, kills_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    zygote = Zygote(0, front, kills)
+    fake = AsyncChannel(zyg_end)
+
+    async def answer_wrongly() -> None:
+        msg, fds = await fake.receive()
+        close_fds(fds)
+        await fake.send({"op": "spawned", "id": msg["id"] + 1, "pid": 333})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_wrongly)
+        with pytest.raises(SpawnFailed, match="answered spawn 2"):
+            await zygote.spawn(own_identity(), WorkerLimits())
+    for s in (kills, kills_peer):
+        s.close()
+    fake.close()
+    zygote.channel.close()
