@@ -32,7 +32,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -582,27 +582,27 @@ class _ConnectionHandler:
             job.cancel(reason)
 
     async def send(self, msg: Message) -> None:
-        if self.gone:
-            return
-        async with self.send_lock:
-            try:
-                data = self.conn.send(msg)
-            except ProtocolError as e:  # a response we cannot encode (too large...)
-                log.error("cannot send %s: %s", msg.TYPE, e)
-                data = encode_message(error_for(e, getattr(msg, "request_id", 0) or 0))
-            if not await _send_all(self.sock, data):
-                self.gone = True
+        await self._write(lambda: self.conn.send(msg), msg.TYPE, getattr(msg, "request_id", 0) or 0)
 
     async def forward(self, answer: Answer, payload: bytes) -> None:
         """Send an answer a worker encoded, as it is (see _run_on_a_worker)."""
+        await self._write(
+            lambda: self.conn.send_answer(answer.request_id, payload),
+            answer.type,
+            answer.request_id,
+        )
+
+    async def _write(self, frame: Callable[[], bytes], what: str, request_id: int) -> None:
+        """Write what ``frame()`` makes of a message, one message at a time;
+        one it cannot make (too large for a frame...) becomes an Error."""
         if self.gone:
             return
         async with self.send_lock:
             try:
-                data = self.conn.send_answer(answer.request_id, payload)
-            except ProtocolError as e:  # larger than a frame
-                log.error("cannot forward %s: %s", answer.type, e)
-                data = encode_message(error_for(e, answer.request_id))
+                data = frame()
+            except ProtocolError as e:
+                log.error("cannot send %s: %s", what, e)
+                data = encode_message(error_for(e, request_id))
             if not await _send_all(self.sock, data):
                 self.gone = True
 

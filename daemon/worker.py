@@ -66,6 +66,15 @@ class RemoteCode:
         self.channel = channel
         self.offline = False
 
+    @contextlib.contextmanager
+    def between_jobs(self) -> Iterator[None]:
+        """No code requests meanwhile (see the class docstring)."""
+        self.offline = True
+        try:
+            yield
+        finally:
+            self.offline = False
+
     def __call__(self, digest: str, data: bytes) -> wasmtime.Module:
         if self.offline:
             raise CodeUnavailable("compiled code is fetched only during a job")
@@ -140,7 +149,7 @@ def serve(
     cancels: socket.socket,
     runtime: Runtime,
     config: DaemonConfig,
-    code: RemoteCode | None = None,
+    code: RemoteCode,
 ) -> None:
     """Run jobs until the front closes the channel or says ``exit``."""
     current = _Current()
@@ -169,13 +178,8 @@ def serve(
         # Idle until the next job: instantiate what a repeat of this request
         # needs now, off the next request's critical path (with the code in
         # memory: the front answers no code request between jobs).
-        if code is not None:
-            code.offline = True
-        try:
+        with code.between_jobs():
             runtime.prepare_spare()
-        finally:
-            if code is not None:
-                code.offline = False
 
 
 @contextlib.contextmanager

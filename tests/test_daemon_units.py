@@ -409,7 +409,6 @@ def test_between_jobs_a_worker_asks_the_front_for_no_code() -> None:
 
     channel = Channel()
     code = RemoteCode(wasmtime.Engine(), channel)  # type: ignore[arg-type]
-    code.offline = True
-    with pytest.raises(CodeUnavailable):
+    with code.between_jobs(), pytest.raises(CodeUnavailable):
         code("digest", b"\0asm\1\0\0\0")
-    assert channel.sent == []
+    assert channel.sent == [] and not code.offline

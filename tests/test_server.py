@@ -11,8 +11,9 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import attrs
 import pytest
@@ -682,72 +683,77 @@ async def test_refused_connections_linger_only_while_few_do(autojump_clock, monk
 # -- the zygote handle -----------------------------------------------------------------------
 
 
-async def test_a_spawn_cancelled_midway_leaves_no_answer_for_the_next(autojump_clock) -> None:
-    """A request cancelled while its worker is being forked (its client
-    went away) must not leave the zygote's answer for the next spawn, which
-    would take that pid for its own worker, and kill the wrong worker when
-    retiring it."""
-    from wasmrun.daemon.workers import AsyncChannel, WorkerLimits, Zygote
-
-    front, zyg_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    kills, kills_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    zygote = Zygote(0, front, kills)
-    fake = AsyncChannel(zyg_end)  # the test plays the zygote
-    identity = own_identity()
-    spawned: list[int] = []
-
-    async def first_spawn(scope: trio.CancelScope) -> None:
-        with scope:
-            worker = await zygote.spawn(identity, WorkerLimits())
-            spawned.append(worker.pid)
-            worker.close()
-
-    scope = trio.CancelScope()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(first_spawn, scope)
-        msg, fds = await fake.receive()  # the first spawn request
-        close_fds(fds)
-        scope.cancel()  # its client is gone, while the fork is under way
-        await trio.testing.wait_all_tasks_blocked()
-        await fake.send({"op": "spawned", "id": msg["id"], "pid": 111})
-    second: list[int] = []
-
-    async def second_spawn() -> None:
-        worker = await zygote.spawn(identity, WorkerLimits())
-        second.append(worker.pid)
-        worker.close()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(second_spawn)
-        msg, fds = await fake.receive()
-        close_fds(fds)
-        await fake.send({"op": "spawned", "id": msg["id"], "pid": 222})
-    assert second == [222]
-    assert spawned == [111]  # the first finished its exchange, then saw its cancel
-    for s in (kills, kills_peer):
-        s.close()
-    fake.close()
-    zygote.channel.close()
-
-
-async def test_an_answer_to_another_spawn_is_refused(autojump_clock) -> None:
-    from wasmrun.daemon.workers import AsyncChannel, SpawnFailed, WorkerLimits, Zygote
+@contextmanager
+def _fake_zygote() -> Iterator[tuple[Any, Any]]:
+    """The front's zygote handle, and the other end of its channel, which
+    the test plays (reading spawn requests, writing answers)."""
+    from wasmrun.daemon.workers import AsyncChannel, Zygote
 
     front, zyg_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     kills, kills_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     zygote = Zygote(0, front, kills)
     fake = AsyncChannel(zyg_end)
+    try:
+        yield zygote, fake
+    finally:
+        for s in (kills, kills_peer):
+            s.close()
+        fake.close()
+        zygote.channel.close()
 
-    async def answer_wrongly() -> None:
-        msg, fds = await fake.receive()
-        close_fds(fds)
-        await fake.send({"op": "spawned", "id": msg["id"] + 1, "pid": 333})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer_wrongly)
-        with pytest.raises(SpawnFailed, match="answered spawn 2"):
-            await zygote.spawn(own_identity(), WorkerLimits())
-    for s in (kills, kills_peer):
-        s.close()
-    fake.close()
-    zygote.channel.close()
+async def test_a_spawn_cancelled_midway_leaves_no_answer_for_the_next(autojump_clock) -> None:
+    """A request cancelled while its worker is being forked (its client
+    went away) must not leave the zygote's answer for the next spawn, which
+    would take that pid for its own worker, and kill the wrong worker when
+    retiring it."""
+    from wasmrun.daemon.workers import WorkerLimits
+
+    identity = own_identity()
+    spawned: list[int] = []
+    second: list[int] = []
+    with _fake_zygote() as (zygote, fake):
+
+        async def first_spawn(scope: trio.CancelScope) -> None:
+            with scope:
+                worker = await zygote.spawn(identity, WorkerLimits())
+                spawned.append(worker.pid)
+                worker.close()
+
+        scope = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_spawn, scope)
+            msg, fds = await fake.receive()  # the first spawn request
+            close_fds(fds)
+            scope.cancel()  # its client is gone, while the fork is under way
+            await trio.testing.wait_all_tasks_blocked()
+            await fake.send({"op": "spawned", "id": msg["id"], "pid": 111})
+
+        async def second_spawn() -> None:
+            worker = await zygote.spawn(identity, WorkerLimits())
+            second.append(worker.pid)
+            worker.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second_spawn)
+            msg, fds = await fake.receive()
+            close_fds(fds)
+            await fake.send({"op": "spawned", "id": msg["id"], "pid": 222})
+    assert second == [222]
+    assert spawned == [111]  # the first finished its exchange, then saw its cancel
+
+
+async def test_an_answer_to_another_spawn_is_refused(autojump_clock) -> None:
+    from wasmrun.daemon.workers import SpawnFailed, WorkerLimits
+
+    with _fake_zygote() as (zygote, fake):
+
+        async def answer_wrongly() -> None:
+            msg, fds = await fake.receive()
+            close_fds(fds)
+            await fake.send({"op": "spawned", "id": msg["id"] + 1, "pid": 333})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_wrongly)
+            with pytest.raises(SpawnFailed, match="answered spawn 2"):
+                await zygote.spawn(own_identity(), WorkerLimits())
