@@ -37,6 +37,7 @@ from .errors import GuestExit, LimitError, LoadError
 from .instance import GeneratedModules, InstanceSet, make_host_linker
 from .limits import EpochTicker, RunControl, RunLimits
 from .plan import LinkOptions, LinkPlan, Planner
+from .recipe import compiled_module
 from .search import SearchPath
 
 
@@ -252,8 +253,8 @@ class Runtime:
         for lib in libraries:
             path = lib if "/" in lib else self._find_library(lib, search)
             plan = self.plan(path, search=search)
-            for pm in plan.modules:
-                pm.image.module()
+            for mi, pm in enumerate(plan.modules):
+                compiled_module(plan, mi)
                 loaded.append(pm.image.path)
         return list(dict.fromkeys(loaded))
 
@@ -275,6 +276,7 @@ class Runtime:
         with self._spare_lock:
             out.update(self.spare_stats)
         out["generated.modules"] = len(self.generated)
+        out["generated.bytes"] = self.generated.bytes
         return out
 
     def clear_caches(self, disk: bool = True) -> int:
@@ -310,8 +312,8 @@ class Runtime:
             else:
                 control.limit_time(limits.timeout)
         t0 = time.perf_counter()
-        for pm in plan.modules:
-            pm.image.module()  # compile, deserialize, or already in memory
+        for mi in range(len(plan.modules)):
+            compiled_module(plan, mi)  # compile, deserialize, or already in memory
         t1 = time.perf_counter()
         wasi_config = (wasi or WasiOptions()).config()
         loader = (self.cache, search or self.search)

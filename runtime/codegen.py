@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .wasmbin import FuncType
+from .wasmbin import FuncType, signed_i32
 
 
 def uleb(n: int) -> bytes:
@@ -115,7 +115,9 @@ def limits(minimum: int, maximum: int | None) -> bytes:
 
 
 def wasi_shim_module(
-    functions: Sequence[tuple[str, FuncType]], memory: tuple[int, int | None] | None = None
+    functions: Sequence[tuple[str, FuncType]],
+    memory: tuple[int, int | None] | None = None,
+    data: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """A module exporting ``memory`` and one wrapper per WASI preview1
     function (same name).
@@ -123,7 +125,8 @@ def wasi_shim_module(
     With ``memory`` (min, max pages) the shim *defines* the program's memory,
     so a run instantiates it with one ``Linker.instantiate`` call that binds
     every WASI import natively; without, it imports ``env.memory`` (for a
-    non-PIE main, which defines memory itself).
+    non-PIE main, which defines memory itself). ``data`` initialises the
+    memory it defines (see :func:`data_section`).
     """
     types = _Types()
     type_ids = [types.get(ft) for _, ft in functions]
@@ -146,12 +149,31 @@ def wasi_shim_module(
         + mem
         + section(7, vec(exports))
         + section(10, vec(bodies))
+        + data_section(data)
     )
 
 
+def data_section(data: Sequence[tuple[int, bytes]]) -> bytes:
+    """Active data segments at constant addresses of memory 0 (empty: no
+    section).
+
+    The module that defines a run's memory carries the libraries' data this
+    way (the recipe's memory image): wasmtime then maps it copy-on-write
+    from one image per compiled module, as ld.so maps a library's segments,
+    instead of each library's instantiation copying its data into fresh
+    pages.
+    """
+    if not data:
+        return b""
+    segments = [
+        b"\x00\x41" + sleb(signed_i32(address)) + b"\x0b" + uleb(len(raw)) + raw
+        for address, raw in data
+    ]
+    return section(11, vec(segments))
+
+
 def _global_entry(mutable: bool, value: int) -> bytes:
-    v = value - (1 << 32) if value & 0x80000000 else value
-    return b"\x7f" + (b"\x01" if mutable else b"\x00") + b"\x41" + sleb(v) + b"\x0b"
+    return b"\x7f" + (b"\x01" if mutable else b"\x00") + b"\x41" + sleb(signed_i32(value)) + b"\x0b"
 
 
 def core_module(
@@ -159,6 +181,7 @@ def core_module(
     tags: Sequence[FuncType],
     table: int | None,
     memory: tuple[int, int | None] | None,
+    data: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """The per-plan module holding a run's shared state, created in one
     instantiation instead of one host call per object.
@@ -166,7 +189,7 @@ def core_module(
     Exports ``g0``..``gN`` (i32 globals with their planned initial values:
     stack pointer, per-module bases, GOT entries), ``t0``.. (exception tags),
     and optionally ``table`` (funcref, ``table`` slots, growable) and
-    ``memory``.
+    ``memory`` (initialised with ``data``, see :func:`data_section`).
     """
     types = _Types()
     tag_types = [types.get(ft) for ft in tags]
@@ -184,7 +207,7 @@ def core_module(
     if globals_:
         out += section(6, vec([_global_entry(m, v) for m, v in globals_]))
         exports += [name(f"g{i}") + b"\x03" + uleb(i) for i in range(len(globals_))]
-    return out + section(7, vec(exports))
+    return out + section(7, vec(exports)) + (data_section(data) if memory is not None else b"")
 
 
 def stubs_module(stubs: Sequence[tuple[FuncType, str]]) -> bytes:

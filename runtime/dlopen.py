@@ -78,7 +78,7 @@ from .core import (
     to_wasmtime_functype,
 )
 from .errors import LoadError, WasmrunError, wasmtime_message
-from .layout import PAGE, place_memory, place_table, signed_i32, tls_block
+from .layout import PAGE, place_memory, place_table, tls_block
 from .limits import RunLimits
 from .module import ModuleImage
 from .plan import LinkPlan
@@ -88,6 +88,7 @@ from .wasmbin import (
     KIND_GLOBAL,
     Export,
     FuncType,
+    signed_i32,
 )
 from .wasmtime_seam import get_export
 

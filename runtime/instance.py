@@ -10,12 +10,14 @@ program's ``_start`` (which runs the main module's own constructors).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import wasmtime
 
@@ -31,7 +33,6 @@ from .errors import (
     WasmrunError,
     wasmtime_message,
 )
-from .layout import signed_i32
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
 from .plan import LinkPlan
 from .recipe import (
@@ -42,8 +43,10 @@ from .recipe import (
     SRC_SHIM,
     SRC_STUBS,
     Source,
+    compiled_module,
     recipe_for,
 )
+from .wasmbin import signed_i32
 from .wasmtime_seam import (
     EXTERN_SIZE,
     call_void,
@@ -55,39 +58,64 @@ from .wasmtime_seam import (
     new_instance,
 )
 
+# Bytes of generated modules a runtime keeps (see GeneratedModules).
+GENERATED_BUDGET: Final = 64 << 20
+
 
 class GeneratedModules:
     """Compiled generated modules (PLT, shim, core, stubs, filler), keyed by
     the generator's inputs, so a warm run neither re-encodes nor recompiles
-    them. Shared by runs and threads."""
+    them. Shared by runs and threads.
+
+    Least recently used modules are dropped past ``budget_bytes`` of module
+    bytes: the core module is one per plan, and the module defining the
+    memory carries the plan's memory image (libc.so's data: 220 KiB), so a
+    long-lived runtime that sees many programs must not keep them all."""
 
     def __init__(
         self,
         engine: wasmtime.Engine,
         compiler: Callable[[str, bytes], wasmtime.Module] | None = None,
+        budget_bytes: int = GENERATED_BUDGET,
     ) -> None:
         self.engine = engine
         # The module cache's compiler: a fresh process deserializes generated
         # modules from the disk cache like any other, compiling nothing.
         self._compiler = compiler
-        self._modules: dict[tuple, wasmtime.Module] = {}
+        self.budget_bytes = budget_bytes
+        self._modules: collections.OrderedDict[tuple, tuple[wasmtime.Module, int]] = (
+            collections.OrderedDict()
+        )
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: tuple, make: Callable[[], bytes]) -> wasmtime.Module:
         with self._lock:
-            mod = self._modules.get(key)
-        if mod is None:
-            data = make()
-            if self._compiler is not None:
-                mod = self._compiler(hashlib.sha256(data).hexdigest(), data)
-            else:
-                mod = wasmtime.Module(self.engine, data)
-            with self._lock:
-                self._modules[key] = mod
+            entry = self._modules.get(key)
+            if entry is not None:
+                self._modules.move_to_end(key)
+                return entry[0]
+        data = make()
+        if self._compiler is not None:
+            mod = self._compiler(hashlib.sha256(data).hexdigest(), data)
+        else:
+            mod = wasmtime.Module(self.engine, data)
+        with self._lock:
+            if key not in self._modules:
+                self._modules[key] = (mod, len(data))
+                self._bytes += len(data)
+                while self._bytes > self.budget_bytes and len(self._modules) > 1:
+                    _, (_, size) = self._modules.popitem(last=False)
+                    self._bytes -= size
         return mod
 
     def __len__(self) -> int:
         return len(self._modules)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the generated modules kept."""
+        return self._bytes
 
 
 def _trap_host(caller: wasmtime.Caller, offset: int, length: int) -> None:
@@ -293,9 +321,17 @@ class InstanceSet:
     def _build(self) -> None:
         plan, store, r, gen = self.plan, self.store, self.recipe, self._generated
         src = self._sources
+        # The memory image goes with the module that defines the memory.
+        core_image = r.image_key if r.core_memory is not None else ()
         core = gen.get(
-            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory),
-            lambda: codegen.core_module(r.core_globals, r.core_tags, r.core_table, r.core_memory),
+            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory, core_image),
+            lambda: codegen.core_module(
+                r.core_globals,
+                r.core_tags,
+                r.core_table,
+                r.core_memory,
+                r.image_data(plan.modules) if core_image else (),
+            ),
         )
         src[SRC_CORE] = wasmtime.Instance(store, core, [])
         if r.plt_types:
@@ -307,9 +343,12 @@ class InstanceSet:
         if plan.nonpie:
             self._instantiate(plan.root)  # it defines the memory everyone shares
         if r.wasi:
+            shim_image = r.image_key if r.shim_memory is not None else ()
             shim = gen.get(
-                ("shim", r.wasi, r.shim_memory),
-                lambda: codegen.wasi_shim_module(r.wasi, r.shim_memory),
+                ("shim", r.wasi, r.shim_memory, shim_image),
+                lambda: codegen.wasi_shim_module(
+                    r.wasi, r.shim_memory, r.image_data(plan.modules) if shim_image else ()
+                ),
             )
             if r.shim_memory is not None:
                 # The shim defines the memory; the host linker binds WASI natively.
@@ -434,7 +473,7 @@ class InstanceSet:
         pm = plan.modules[mi]
         sources = self.recipe.imports[mi]
         arr = self._fill_array(sources)
-        module = pm.image.module()
+        module = compiled_module(plan, mi)
         try:
             inst = new_instance(store, module, arr, len(sources))
         except wasmtime.ExitTrap as e:  # the module's start function called exit()

@@ -42,12 +42,6 @@ def align_to(x: int, alignment: int) -> int:
     return (x + alignment - 1) // alignment * alignment
 
 
-def signed_i32(v: int) -> int:
-    """An address or slot as the signed i32 wasmtime's ``Val.i32`` takes."""
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
 class TlsBlock(NamedTuple):
     """A module's thread-local block (it exports ``__wasm_init_tls``)."""
 

@@ -16,6 +16,7 @@ from typing import Final, Literal
 import attrs
 import wasmtime
 
+from .codegen import uleb
 from .dylink import DylinkInfo, parse_dylink0, parse_legacy_dylink
 from .errors import LoadError, wasmtime_message
 from .wasmbin import (
@@ -77,6 +78,7 @@ class ModuleImage:
     _data: bytes = attrs.field(repr=False)
     _compiler: Callable[[str, bytes], wasmtime.Module] = attrs.field(repr=False)
     _compiled: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
+    _dataless: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     file_identity: tuple[int, ...] | None = attrs.field(default=None, repr=False)
     """(dev, ino, size, mtime, ctime) of the file these bytes were read
@@ -112,6 +114,77 @@ class ModuleImage:
                             f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
                         ) from None
         return self._compiled[0]
+
+    def relocatable_data(self) -> tuple[tuple[int, int, int], ...] | None:
+        """The active data segments as (offset from ``__memory_base``, file
+        offset of the bytes, size), when every one of them lands at
+        ``__memory_base`` plus a constant in the memory and within the
+        module's ``dylink.0`` memory size; None otherwise (or when there is
+        none), and then the module initialises its data itself.
+
+        What load-time linking moves into the memory image (see
+        :meth:`module_without_data`): the address of each segment is known
+        once the plan has placed the module.
+        """
+        if self.kind != "pic" or self.dylink is None or not self.info.data:
+            return None
+        base = None
+        for i, imp in enumerate(i for i in self.info.imports if i.kind == KIND_GLOBAL):
+            if (imp.module, imp.name) == ("env", "__memory_base"):
+                base = i
+        if base is None:
+            return None
+        out = []
+        for seg in self.info.data:
+            if not seg.active:
+                continue
+            ops = seg.offset.ops if seg.offset is not None else ()
+            if seg.memory != 0 or not ops or ops[0] != (0x23, base):
+                return None
+            if len(ops) == 1:
+                offset = 0
+            elif len(ops) == 3 and ops[1][0] == 0x41 and ops[2][0] == 0x6A:
+                offset = ops[1][1] & 0xFFFFFFFF
+            else:
+                return None
+            if offset + seg.size > self.dylink.mem_size:
+                return None
+            out.append((offset, seg.payload, seg.size))
+        return tuple(out) or None
+
+    def data_bytes(self, start: int, size: int) -> bytes:
+        """``size`` bytes of the module file from ``start`` (a segment's)."""
+        return self._data[start : start + size]
+
+    def module_without_data(self) -> wasmtime.Module:
+        """The module compiled with its active data segments emptied (their
+        offsets kept, so indices and bounds checks are unchanged), for a run
+        whose memory image already holds that data
+        (:meth:`relocatable_data`). Compiled on first use, then kept."""
+        if not self._dataless:
+            with self._lock:
+                if not self._dataless:
+                    raw = self._without_active_data()
+                    digest = hashlib.sha256(raw).hexdigest()
+                    try:
+                        self._dataless.append(self._compiler(digest, raw))
+                    except wasmtime.WasmtimeError as e:
+                        raise LoadError(
+                            f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
+                        ) from None
+        return self._dataless[0]
+
+    def _without_active_data(self) -> bytes:
+        info, data = self.info, self._data
+        assert info.data_section is not None
+        body = bytearray(uleb(len(info.data)))
+        for seg in info.data:
+            if seg.active:
+                body += data[seg.entry : seg.header_end] + b"\x00"
+            else:
+                body += data[seg.entry : seg.payload + seg.size]
+        start, end = info.data_section
+        return data[:start] + b"\x0b" + uleb(len(body)) + bytes(body) + data[end:]
 
     def global_export_type(self, name: str) -> str | None:
         """The value type of an exported global (``"i32"`` for a data

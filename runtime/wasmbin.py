@@ -4,8 +4,9 @@ wasmtime compiles and validates modules but does not expose custom sections
 (``dylink.0``), element segments, or global initialisers, and building its
 Python import/export objects is slow for large libraries. This reader walks
 the section headers and decodes only: types, imports, functions, tables,
-memories, tags, globals (with constant initialisers), exports, start and
-element segments. Code and data sections are skipped by length.
+memories, tags, globals (with constant initialisers), exports, start,
+element segments, and where each data segment's bytes lie (its bytes are not
+copied). The code section is skipped by length.
 
 Every decoding failure raises :class:`BinaryFormatError` with the file name
 and the byte offset, so malformed input never surfaces as a Python traceback.
@@ -33,6 +34,14 @@ KIND_MEMORY: Final = 2
 KIND_GLOBAL: Final = 3
 KIND_TAG: Final = 4
 KIND_NAMES: Final = {0: "function", 1: "table", 2: "memory", 3: "global", 4: "tag"}
+
+
+def signed_i32(v: int) -> int:
+    """An i32 (an address, a slot) as the signed value that ``i32.const``
+    encodes and wasmtime's ``Val.i32`` takes."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
 
 _VALTYPE_NAMES: Final = {
     0x7F: "i32",
@@ -180,6 +189,22 @@ class ElemSegment(NamedTuple):
     funcs: tuple[int | None, ...]
 
 
+class DataSegment(NamedTuple):
+    """A data segment: where its bytes lie in the file, and for an active
+    one, which memory and the offset expression. ``entry`` and
+    ``payload`` are file offsets: the segment's encoding is
+    ``file[entry:payload - len(uleb(size))]`` (flags, memory, offset), then the
+    size and the bytes."""
+
+    active: bool
+    memory: int
+    offset: ConstExpr | None
+    entry: int
+    header_end: int  # end of flags, memory index and offset expression
+    payload: int
+    size: int
+
+
 class CustomSection(NamedTuple):
     name: str
     offset: int  # offset of the payload in the file
@@ -202,6 +227,8 @@ class ModuleInfo:
     start: int | None = None
     elements: list[ElemSegment] = attrs.Factory(list)
     customs: list[CustomSection] = attrs.Factory(list)
+    data: list[DataSegment] = attrs.Factory(list)
+    data_section: tuple[int, int] | None = None  # file offsets: header, end
     imported_funcs: int = 0
     imported_globals: int = 0
 
@@ -498,6 +525,26 @@ def _elem_segment(r: Reader) -> ElemSegment | None:
     return ElemSegment(table, offset, tuple(funcs))
 
 
+def _data_segment(r: Reader) -> DataSegment:
+    entry = r.pos
+    flags = r.uleb()
+    if flags > 2:
+        raise r.fail(f"invalid data segment flags {flags}", entry)
+    memory = 0
+    offset = None
+    if flags != 1:
+        if flags == 2:
+            memory = r.uleb()
+        offset = const_expr(r)
+    header_end = r.pos
+    size = r.uleb()
+    payload = r.pos
+    if size > r.end - payload:
+        raise r.fail(f"data segment of {size} bytes runs past the end of its section", entry)
+    r.pos = payload + size
+    return DataSegment(flags != 1, memory, offset, entry, header_end, payload, size)
+
+
 def _import_entry(r: Reader, info: ModuleInfo) -> Import:
     start = r.pos
     module = r.name()
@@ -582,6 +629,8 @@ def _section(r: Reader, sid: int, info: ModuleInfo) -> None:
             seg = _elem_segment(r)
             if seg is not None:
                 info.elements.append(seg)
+    elif sid == 11:
+        info.data = [_data_segment(r) for _ in range(r.count(2))]
     else:
         return
     if r.pos != r.end:
@@ -589,7 +638,7 @@ def _section(r: Reader, sid: int, info: ModuleInfo) -> None:
 
 
 # Sections the linker has no use for: skipped by length.
-_SKIPPED: Final = frozenset({10, 11, 12})
+_SKIPPED: Final = frozenset({10, 12})
 
 
 def parse_module(data: bytes, file: str) -> ModuleInfo:
@@ -636,6 +685,8 @@ def parse_module(data: bytes, file: str) -> ModuleInfo:
             if sid > 13:
                 raise BinaryFormatError(file, header, f"unknown section id {sid}")
             _section(Reader(mv, file, body, body + size), sid, info)
+            if sid == 11:
+                info.data_section = (header, body + size)
         r.pos = body + size
         first = False
     _check_indices(info, file, where)
