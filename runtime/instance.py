@@ -288,10 +288,10 @@ class InstanceSet:
             store.set_epoch_deadline(1 << 62)  # never, whatever the epoch
 
     def _guest(self):
-        """Context for guest execution: keeps the epoch ticking if this run
-        can be interrupted."""
+        """Context for guest execution: while in it, a run that can be
+        interrupted is stopped at its deadline or on cancellation."""
         if self.control is not None and self._ticker is not None:
-            return self._ticker
+            return self._ticker.guest(self.control)
         return contextlib.nullcontext()
 
     def _failure(self, err: BaseException, during: str | None = None) -> WasmrunError:
