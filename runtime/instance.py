@@ -51,7 +51,7 @@ from .wasmtime_seam import (
     EXTERN_SIZE,
     call_void,
     copy_func_extern,
-    export_getter,
+    fill_exports,
     get_export,
     instance_ref,
     new_extern_array,
@@ -448,24 +448,26 @@ class InstanceSet:
         """One ``export_get`` per import, written straight into the array
         wasmtime reads: no Python object and no symbol resolution per import."""
         arr = new_extern_array(len(sources))
-        export_get, ctx = export_getter(self.store)
-        addr = ctypes.addressof(arr)
         refs = {
             slot: instance_ref(self._source(slot))
             for slot in {slot for slot, _ in sources}
             if slot >= 0
         }
-        for slot, name in sources:
-            if slot < 0:
-                if slot == SRC_HOST_WASI:
-                    func = self._host.get(self.store, "wasi_snapshot_preview1", name.decode())
-                else:  # SRC_DYLD
-                    func = self.dynamic.host_function(name.decode())
-                assert isinstance(func, wasmtime.Func)
-                copy_func_extern(func, addr)
-            elif not export_get(ctx, refs[slot], name, len(name), addr):
-                raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
-            addr += EXTERN_SIZE
+        entries = []
+        for i, (slot, name) in enumerate(sources):
+            if slot >= 0:
+                entries.append((i, refs[slot], name))
+                continue
+            if slot == SRC_HOST_WASI:
+                func = self._host.get(self.store, "wasi_snapshot_preview1", name.decode())
+            else:  # SRC_DYLD
+                func = self.dynamic.host_function(name.decode())
+            assert isinstance(func, wasmtime.Func)
+            copy_func_extern(func, ctypes.addressof(arr) + i * EXTERN_SIZE)
+        missing = fill_exports(self.store, arr, entries)
+        if missing >= 0:
+            slot, name = sources[missing]
+            raise LoadError(f"internal error: export {name!r} of source {slot} is missing")
         return arr
 
     def _instantiate(self, mi: int) -> None:

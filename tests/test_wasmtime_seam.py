@@ -123,3 +123,48 @@ def test_call_void_behaves_as_func_call():
             func(name)(store, *args)
         assert type(ours.value) is type(theirs.value)
         assert getattr(ours.value, "code", None) == getattr(theirs.value, "code", None)
+
+
+def test_fill_exports_writes_each_import_in_place():
+    """Exports of two instances, by name, into the slots an importer reads;
+    the importer then sees them. A missing export is reported by its index,
+    and a long name (another size_t) works as a short one."""
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    long_name = "g_" + "x" * 300
+    source = wasmtime.Module(
+        engine,
+        wasmtime.wat2wasm(
+            f"""(module
+                 (global (export "a") i32 (i32.const 11))
+                 (global (export "{long_name}") i32 (i32.const 22))
+                 (func (export "f") (result i32) (i32.const 33)))"""
+        ),
+    )
+    other = wasmtime.Module(
+        engine, wasmtime.wat2wasm('(module (global (export "b") i32 (i32.const 44)))')
+    )
+    importer = wasmtime.Module(
+        engine,
+        wasmtime.wat2wasm(
+            """(module
+                 (import "m" "f" (func $f (result i32)))
+                 (import "m" "b" (global $b i32))
+                 (import "m" "a" (global $a i32))
+                 (import "m" "long" (global $l i32))
+                 (func (export "sum") (result i32)
+                   (i32.add (i32.add (call $f) (global.get $b))
+                            (i32.add (global.get $a) (global.get $l)))))"""
+        ),
+    )
+    one = wasmtime.Instance(store, source, [])
+    two = wasmtime.Instance(store, other, [])
+    ref1, ref2 = wasmtime_seam.instance_ref(one), wasmtime_seam.instance_ref(two)
+    externs = wasmtime_seam.new_extern_array(4)
+    entries = [(0, ref1, b"f"), (1, ref2, b"b"), (2, ref1, b"a"), (3, ref1, long_name.encode())]
+    assert wasmtime_seam.fill_exports(store, externs, entries) == -1
+    inst = wasmtime_seam.new_instance(store, importer, externs, 4)
+    sum_ = wasmtime_seam.get_export(store, inst, "sum")
+    assert isinstance(sum_, wasmtime.Func) and sum_(store) == 11 + 22 + 33 + 44
+    missing = [(0, ref1, b"f"), (1, ref1, b"b"), (2, ref1, b"a")]
+    assert wasmtime_seam.fill_exports(store, wasmtime_seam.new_extern_array(3), missing) == 1
