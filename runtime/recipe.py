@@ -66,6 +66,11 @@ SRC_PLT: Final = 2
 SRC_STUBS: Final = 3
 MODULE0: Final = 4
 
+# Bytes of data a plan's memory image holds at most: the generated module
+# carrying it is compiled, cached and (in wasmrund) sent between processes
+# like any module; libraries past this copy their own data, as without one.
+MAX_IMAGE_BYTES: Final = 64 << 20
+
 # (source slot, export name); host sources (negative slots) name a host function.
 Source = tuple[int, bytes]
 
@@ -221,12 +226,18 @@ def build_recipe(plan: LinkPlan) -> Recipe:
 
     image: list[tuple[int, int, int, int]] = []
     dataless = [False] * len(plan.modules)
+    image_bytes = 0
     if not nonpie:
         for mi, pm in enumerate(plan.modules):
             segments = pm.image.relocatable_data()
-            if segments is not None:
-                dataless[mi] = True
-                image += [(mi, pm.memory_base + off, at, n) for off, at, n in segments]
+            if segments is None:
+                continue
+            size = sum(n for _, _, n in segments)
+            if image_bytes + size > MAX_IMAGE_BYTES:
+                continue  # this module copies its own data, as without an image
+            image_bytes += size
+            dataless[mi] = True
+            image += [(mi, pm.memory_base + off, at, n) for off, at, n in segments]
 
     late = tuple(
         (gi, g.late[0], g.late[1], plan.modules[g.late[0]].memory_base)

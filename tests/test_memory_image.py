@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasmrun.runtime import Runtime, WasiOptions, codegen
+from wasmrun.runtime import Runtime, WasiOptions, codegen, recipe
 from wasmrun.runtime.errors import BinaryFormatError
 from wasmrun.runtime.instance import GeneratedModules, InstanceSet
 from wasmrun.runtime.module import ModuleImage, decode
@@ -204,3 +204,18 @@ def test_malformed_data_segments_are_reported_with_their_offset(tmp_path: Path):
     too_long = good[: at + 7] + b"\x09" + good[at + 8 :]
     with pytest.raises(BinaryFormatError, match="runs past the end of its section"):
         parse_module(too_long, "bad.wasm")
+
+
+def test_past_the_image_cap_a_module_copies_its_own_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The image is bounded (it is compiled and cached like a module): a
+    library whose data would take it past the cap keeps its data."""
+    monkeypatch.setattr(recipe, "MAX_IMAGE_BYTES", 8)
+    path = _write(tmp_path, "libimaged.so", IMAGED)  # 10 bytes of active data
+    rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
+    with rt.open_library(str(path)) as lib:
+        assert lib.recipe.dataless == (False,) and lib.recipe.image == ()
+        (base,) = lib.call("base")
+        assert _read(lib, base, 5) == b"hello"
+        assert _read(lib, base + 16, 5) == b"world"
