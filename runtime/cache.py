@@ -29,7 +29,7 @@ import wasmtime
 
 from .diskcache import DiskCache
 from .errors import LimitError, LoadError
-from .module import ModuleImage, decode
+from .module import ModuleBytes, ModuleImage, decode, module_bytes
 
 DEFAULT_BUDGET = 1 << 30  # bytes of modules kept in memory
 
@@ -160,15 +160,16 @@ class ModuleCache:
 
     # -- compilation ------------------------------------------------------------
 
-    def compile(self, digest: str, data: bytes) -> wasmtime.Module:
+    def compile(self, digest: str, data: ModuleBytes) -> wasmtime.Module:
         """Deserialize from disk or compile (and save); one compile per digest
-        even when threads race for it."""
+        even when threads race for it. ``data`` may be a function making the
+        bytes: called only when they are needed (not on a disk cache hit)."""
         with self._lock:
             lock = self._compile_locks.setdefault(digest, threading.Lock())
         with lock:
             if self.code_source is not None:
                 t0 = time.perf_counter()
-                module = self.code_source(digest, data)
+                module = self.code_source(digest, module_bytes(data))
                 with self._lock:
                     self.stats.deserializes += 1
                     self.stats.deserialize_seconds += time.perf_counter() - t0
@@ -181,6 +182,7 @@ class ModuleCache:
                     self.stats.deserialize_seconds += time.perf_counter() - t0
                 return loaded
             t0 = time.perf_counter()
+            data = module_bytes(data)
             module = wasmtime.Module(self.engine, data)
             with self._lock:
                 self.stats.compiles += 1

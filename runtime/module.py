@@ -32,6 +32,16 @@ from .wasmbin import (
     valtype_name,
 )
 
+# A module's bytes, or a function making them (a compiler calls it only if it
+# must compile: a disk cache hit needs no bytes).
+ModuleBytes = bytes | Callable[[], bytes]
+
+
+def module_bytes(data: ModuleBytes) -> bytes:
+    """The bytes of ``data`` (see :data:`ModuleBytes`)."""
+    return data if isinstance(data, bytes) else data()
+
+
 # How a module links: "pic" imports env.memory (a PIE main or a shared
 # library); "nonpie" has dylink.0 but defines its own memory (a non-PIE
 # main); "plain" has no dylink.0 (an ordinary WASI program, run as is).
@@ -59,6 +69,11 @@ HOUSEKEEPING_EXPORTS: Final = frozenset(
 )
 
 
+# Names the variant of a module without its active data (see
+# ModuleImage.module_without_data) in caches keyed by digest.
+_DATALESS: Final = "wasmrun: active data segments emptied, v1"
+
+
 @attrs.frozen(eq=False)
 class ModuleImage:
     """One decoded module file.
@@ -76,7 +91,7 @@ class ModuleImage:
     dylink: DylinkInfo | None
     kind: ModuleKind
     _data: bytes = attrs.field(repr=False)
-    _compiler: Callable[[str, bytes], wasmtime.Module] = attrs.field(repr=False)
+    _compiler: Callable[[str, ModuleBytes], wasmtime.Module] = attrs.field(repr=False)
     _compiled: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
     _dataless: list[wasmtime.Module] = attrs.field(factory=list, repr=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
@@ -164,10 +179,12 @@ class ModuleImage:
         if not self._dataless:
             with self._lock:
                 if not self._dataless:
-                    raw = self._without_active_data()
-                    digest = hashlib.sha256(raw).hexdigest()
+                    # Named after the module's own digest, so a disk cache hit
+                    # neither builds the variant nor hashes it (a CLI run
+                    # would pay ~2 ms for libc.so's 800 KB).
+                    digest = hashlib.sha256(f"{_DATALESS} {self.digest}".encode()).hexdigest()
                     try:
-                        self._dataless.append(self._compiler(digest, raw))
+                        self._dataless.append(self._compiler(digest, self._without_active_data))
                     except wasmtime.WasmtimeError as e:
                         raise LoadError(
                             f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
@@ -175,6 +192,8 @@ class ModuleImage:
         return self._dataless[0]
 
     def _without_active_data(self) -> bytes:
+        """The variant's bytes. Changing what this makes needs a new
+        ``_DATALESS`` (compiled variants are cached under it)."""
         info, data = self.info, self._data
         assert info.data_section is not None
         body = bytearray(uleb(len(info.data)))
@@ -318,7 +337,7 @@ def decode(
     path: str,
     engine: wasmtime.Engine | None = None,
     digest: str | None = None,
-    compiler: Callable[[str, bytes], wasmtime.Module] | None = None,
+    compiler: Callable[[str, ModuleBytes], wasmtime.Module] | None = None,
 ) -> ModuleImage:
     """Decode bytes into an image (no compilation). ``compiler`` produces the
     compiled module on first use (the cache passes its disk-aware one);
@@ -335,10 +354,10 @@ def decode(
     check_abi(info, dylink, path)
     if compiler is None:
 
-        def compiler(_digest: str, raw: bytes) -> wasmtime.Module:
+        def compiler(_digest: str, raw: ModuleBytes) -> wasmtime.Module:
             if engine is None:  # decoded for inspection only (ldd, tests)
                 raise LoadError(f"{path}: decoded without an engine, cannot be compiled")
-            return wasmtime.Module(engine, raw)
+            return wasmtime.Module(engine, module_bytes(raw))
 
     return ModuleImage(
         name=name,

@@ -3,6 +3,7 @@ memory (recipe.py), instead of copied by each library's instantiation."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,24 @@ def test_past_the_image_cap_a_module_copies_its_own_data(
         (base,) = lib.call("base")
         assert _read(lib, base, 5) == b"hello"
         assert _read(lib, base + 16, 5) == b"world"
+
+
+def test_a_disk_cache_hit_builds_no_variant(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The variant without data is cached under a name derived from the
+    module's digest: a later process finds it on disk without making (and
+    hashing) the variant's bytes."""
+    cache = tmp_path / "cache"
+
+    def hello() -> int:
+        rt = Runtime(library_path=[str(corpus)], environ={}, disk_cache=str(cache))
+        return rt.run(str(corpus / "hello.wasm"), stdout=os.devnull).exit_code
+
+    assert hello() == 0
+
+    def made_again(self: ModuleImage) -> bytes:
+        raise AssertionError(f"{self.display}: variant made again")
+
+    monkeypatch.setattr(ModuleImage, "_without_active_data", made_again)
+    assert hello() == 0
