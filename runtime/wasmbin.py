@@ -27,6 +27,10 @@ from .errors import BinaryFormatError
 MAGIC: Final = b"\0asm"
 CORE_VERSION: Final = b"\x01\x00\x00\x00"
 
+# wasmtime (wasmparser) refuses modules with more data segments; checked
+# before decoding them, so a hostile count cannot make the reader allocate.
+MAX_DATA_SEGMENTS: Final = 100_000
+
 # External kinds, as encoded in import and export entries.
 KIND_FUNC: Final = 0
 KIND_TABLE: Final = 1
@@ -630,7 +634,15 @@ def _section(r: Reader, sid: int, info: ModuleInfo) -> None:
             if seg is not None:
                 info.elements.append(seg)
     elif sid == 11:
-        info.data = [_data_segment(r) for _ in range(r.count(2))]
+        start = r.pos
+        n = r.count(2)
+        if n > MAX_DATA_SEGMENTS:
+            raise r.fail(
+                f"{n} data segments, more than WebAssembly implementations accept "
+                f"({MAX_DATA_SEGMENTS})",
+                start,
+            )
+        info.data = [_data_segment(r) for _ in range(n)]
     else:
         return
     if r.pos != r.end:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasmrun.runtime import Runtime, WasiOptions, codegen, recipe
+from wasmrun.runtime import Runtime, WasiOptions, codegen, recipe, wasmbin
 from wasmrun.runtime.errors import BinaryFormatError
 from wasmrun.runtime.instance import GeneratedModules, InstanceSet
 from wasmrun.runtime.module import ModuleImage, decode
@@ -241,3 +241,14 @@ def test_a_disk_cache_hit_builds_no_variant(
 
     monkeypatch.setattr(ModuleImage, "_without_active_data", made_again)
     assert hello() == 0
+
+
+def test_too_many_data_segments_are_refused_before_decoding():
+    count = wasmbin.MAX_DATA_SEGMENTS + 1
+    body = codegen.uleb(count) + b"\x01\x00" * count  # passive, empty
+    module = b"\0asm\1\0\0\0" + b"\x05\x03\x01\x00\x01" + codegen.section(11, body)
+    with pytest.raises(BinaryFormatError, match=f"{count} data segments, more than"):
+        parse_module(module, "many.wasm")
+    limit = codegen.uleb(count - 1) + b"\x01\x00" * (count - 1)
+    ok = b"\0asm\1\0\0\0" + b"\x05\x03\x01\x00\x01" + codegen.section(11, limit)
+    assert len(parse_module(ok, "ok.wasm").data) == count - 1
