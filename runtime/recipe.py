@@ -55,7 +55,7 @@ from .plan import (
     LinkPlan,
     PlannedModule,
 )
-from .wasmbin import FuncType
+from .wasmbin import MAX_DATA_SEGMENTS, FuncType
 
 # Source slots of the per-run instance list; module j is MODULE0 + j.
 SRC_HOST_WASI: Final = -1  # a WASI host function from the linker (non-PIE main only)
@@ -69,6 +69,7 @@ MODULE0: Final = 4
 # Bytes of data a plan's memory image holds at most: the generated module
 # carrying it is compiled, cached and (in wasmrund) sent between processes
 # like any module; libraries past this copy their own data, as without one.
+# Its segments are bounded too, by what wasmtime accepts in one module.
 MAX_IMAGE_BYTES: Final = 64 << 20
 
 # (source slot, export name); host sources (negative slots) name a host function.
@@ -233,7 +234,10 @@ def build_recipe(plan: LinkPlan) -> Recipe:
             if segments is None:
                 continue
             size = sum(n for _, _, n in segments)
-            if image_bytes + size > MAX_IMAGE_BYTES:
+            if (
+                image_bytes + size > MAX_IMAGE_BYTES
+                or len(image) + len(segments) > MAX_DATA_SEGMENTS
+            ):
                 continue  # this module copies its own data, as without an image
             image_bytes += size
             dataless[mi] = True

@@ -252,3 +252,17 @@ def test_too_many_data_segments_are_refused_before_decoding():
     limit = codegen.uleb(count - 1) + b"\x01\x00" * (count - 1)
     ok = b"\0asm\1\0\0\0" + b"\x05\x03\x01\x00\x01" + codegen.section(11, limit)
     assert len(parse_module(ok, "ok.wasm").data) == count - 1
+
+
+def test_past_the_segment_limit_a_module_copies_its_own_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """One generated module holds the image, and wasmtime bounds a module's
+    data segments: a library whose segments would pass that keeps them."""
+    monkeypatch.setattr(recipe, "MAX_DATA_SEGMENTS", 1)
+    path = _write(tmp_path, "libimaged.so", IMAGED)  # 2 active segments
+    rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
+    with rt.open_library(str(path)) as lib:
+        assert lib.recipe.dataless == (False,)
+        (base,) = lib.call("base")
+        assert _read(lib, base + 16, 5) == b"world"
