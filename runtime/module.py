@@ -143,10 +143,15 @@ class ModuleImage:
         """
         if self.kind != "pic" or self.dylink is None or not self.info.data:
             return None
-        base = None
-        for i, imp in enumerate(i for i in self.info.imports if i.kind == KIND_GLOBAL):
-            if (imp.module, imp.name) == ("env", "__memory_base"):
-                base = i
+        globals_ = [imp for imp in self.info.imports if imp.kind == KIND_GLOBAL]
+        base = next(
+            (
+                g
+                for g, imp in enumerate(globals_)
+                if (imp.module, imp.name) == ("env", "__memory_base")
+            ),
+            None,
+        )
         if base is None:
             return None
         out = []
