@@ -156,7 +156,7 @@ class EpochTicker:
         # their count drops to 0, so no ended run stays referenced here.
         self._live: dict[RunControl, int] = {}
         self._wake_at: float | None = None  # when the timer thread wakes; None: notified
-        self._last_increment = float("-inf")  # when the timer thread last moved the epoch
+        self._last_increment = float("-inf")  # when a passed deadline last moved the epoch
         self.notifications = 0
         self.wakeups = 0
         self.increments = 0
@@ -171,11 +171,11 @@ class EpochTicker:
             self._live[control] = self._live.get(control, 0) + 1
             if reason is None:
                 self._schedule(control.deadline)
-        if reason is not None:
-            # Stopped before this section: cancelled or timed out between
-            # guest calls or before the store existed. Its store's deadline
-            # was set before now, so this increment reaches it.
-            self.engine.increment_epoch()
+            else:
+                # Stopped before this section: cancelled or timed out between
+                # guest calls or before the store existed. Its store's
+                # deadline was set before now, so this increment reaches it.
+                self._move_epoch()
 
     def _exit(self, control: RunControl) -> None:
         # Never notifies: the timer thread, if it wakes for this run's
@@ -192,9 +192,21 @@ class EpochTicker:
         with self._cond:
             if control not in self._live:
                 return  # the next section's entry schedules it
-            self._schedule(control.deadline)
-        if control.reason is not None:  # already past: stop it now
-            self.engine.increment_epoch()
+            deadline = control.deadline
+            self._schedule(deadline)
+            if deadline is not None and self._last_increment < deadline <= time.monotonic():
+                # Already past, and the timer thread has not served it:
+                # stop the run now (the timer then finds it served).
+                self._move_epoch()
+
+    def _move_epoch(self) -> None:
+        """Move the epoch now, for a run that must stop; holds ``_cond``.
+        Every deadline passed by now counts as served: the one increment
+        reaches every store already waiting on it, so the timer thread does
+        not move the epoch again for them (one increment per deadline,
+        whichever thread sees it pass first)."""
+        self._last_increment = time.monotonic()
+        self.engine.increment_epoch()
 
     def _schedule(self, deadline: float | None) -> None:
         """Make the timer thread wake by ``deadline``; holds ``_cond``."""
@@ -236,9 +248,8 @@ class EpochTicker:
                 now = time.monotonic()
                 due, earliest = self._scan(now)
                 if due:
-                    self._last_increment = now
                     self.increments += 1
-                    self.engine.increment_epoch()
+                    self._move_epoch()
                 if self._wake_at is not None and self._wake_at <= now:
                     self._wake_at = None
                 if earliest is not None and (self._wake_at is None or earliest < self._wake_at):
