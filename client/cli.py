@@ -381,7 +381,8 @@ def _call_here(ns: Namespace) -> int:
             limits=RunLimits(timeout=ns.timeout),
         ) as lib:
             results = lib.call(ns.symbol, ns.args)
-    except WasmrunError as e:  # GuestExit: exit(N) in a constructor or the call
+            lib.finish()  # exit-time handlers, as the daemon runs them: before the results
+    except WasmrunError as e:  # GuestExit: exit(N) in a constructor, the call or a handler
         return _report(e)
     for value in results:
         print(value)

@@ -295,6 +295,9 @@ def _dlopen(job: Job, msg: Dlopen) -> Response:
             library_path=msg.library_path,
         ) as iset:
             results = iset.call(msg.symbol, list(msg.args))
+            # Then what exit(0) would do (destructors, atexit handlers), as
+            # in process: the client prints the results after their output.
+            iset.finish()
             timings = {**iset.timings, "total": time.perf_counter() - t0}
     except GuestExit as e:
         _raise_if_stopped(job.control)

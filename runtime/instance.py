@@ -648,6 +648,27 @@ class InstanceSet:
             return []
         return list(r) if isinstance(r, tuple | list) else [r]
 
+    def finish(self) -> None:
+        """What ``exit(0)`` does once a caller is done with the instance set,
+        short of ending anything: the C library's exit-time work (``atexit``
+        and ``__cxa_atexit`` handlers, so C++ static destructors and the
+        destructors of libraries still dlopen'ed, then stdio flushed), by its
+        ``__wasm_call_dtors``. ``wasmrun call`` does this after its one call,
+        as a program that dlopens a library, calls it and exits would. Call
+        nothing in the set afterwards. Nothing happens without that export.
+
+        Raises :class:`GuestExit` if a handler calls ``exit()``,
+        :class:`GuestTrap` if one traps.
+        """
+        dtors = self.lookup("__wasm_call_dtors")
+        if not isinstance(dtors, wasmtime.Func):
+            return
+        try:
+            with self._guest():
+                call_void(self.store, dtors)
+        except Exception as e:  # traps, exit(), and errors raised by host functions
+            raise self._failure(e, "exit-time handlers") from None
+
 
 def _drop_tracebacks(err: BaseException | None) -> None:
     """Cut an exception (and those it was raised from) loose from the frames

@@ -341,6 +341,11 @@ def test_same_output_and_status_with_and_without_the_daemon(daemon: Daemon, corp
         ("run", "-L", ".", "--max-memory", "16M", "grow.wasm", "64"),
         ("call", "-L", ".", "libleft.so", "left"),
         ("call", "-L", ".", "libleft.so", "left", "1", "0x10", "2.5"),
+        # exit-time handlers after the call: destructors (of what it
+        # dlopen'ed too), one that calls exit(4)
+        ("call", "-L", ".", "libplugin.so", "plugin_add", "2", "3"),
+        ("call", "-L", ".", "libdlkeep.so", "keep_plugin"),
+        ("call", "-L", ".", "libexitdtor.so", "exitdtor_value"),
         ("call", "-L", ".", "libleft.so", "nosuchfunction"),
     ]
     for case in cases:

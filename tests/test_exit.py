@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from wasmrun.runtime import GuestExit, Runtime, WasmrunError
+from wasmrun.runtime import GuestExit, Runtime, WasiOptions, WasmrunError
 
 
 def test_exit_in_a_library_constructor_is_the_run_status(run):
@@ -82,3 +82,36 @@ def test_errors_survive_pickling():
     ):
         back = pickle.loads(pickle.dumps(err))
         assert (type(back), str(back), vars(back)) == (type(err), str(err), vars(err))
+
+
+def test_cli_call_runs_exit_time_handlers_before_the_results(cli, corpus: Path):
+    """After its one call, ``wasmrun call`` does what exit(0) would:
+    destructors and atexit handlers run (then the results are printed)."""
+    p = cli("call", "--no-daemon", "-L", str(corpus), "libplugin.so", "plugin_add", "2", "3")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "plugin ctor\nplugin dtor\n5\n", "")
+
+
+def test_cli_call_with_an_exiting_destructor(cli, corpus: Path):
+    p = cli("call", "--no-daemon", "-L", str(corpus), "libexitdtor.so", "exitdtor_value")
+    assert (p.returncode, p.stdout) == (4, "exitdtor dtor\n")  # no result: the run exited
+    assert p.stderr == "wasmrun: exit(4) called during exit-time handlers\n"
+
+
+def test_finish_runs_the_destructors_of_dlopened_libraries(
+    runtime: Runtime, corpus: Path, tmp_path: Path
+):
+    """finish() is exit(0)'s work: libc's handlers, among them the one that
+    runs the destructors of libraries a call dlopen'ed and never closed."""
+    out = tmp_path / "out"
+    with runtime.open_library(
+        str(corpus / "libdlkeep.so"), wasi=WasiOptions(stdout=str(out))
+    ) as lib:
+        assert lib.call("keep_plugin") == [1]
+        assert out.read_text() == "plugin ctor\n"
+        lib.finish()
+        assert out.read_text() == "plugin ctor\nplugin dtor\n"
+
+
+def test_cli_call_runs_the_destructors_of_what_it_dlopened(cli, corpus: Path):
+    p = cli("call", "--no-daemon", "-L", str(corpus), "libdlkeep.so", "keep_plugin")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "plugin ctor\nplugin dtor\n1\n", "")
