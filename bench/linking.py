@@ -1,9 +1,11 @@
 """Benchmark: a dynamically linked program against the same program linked
 statically, in-process through the embedding API.
 
-Prints, for hello-world and for a loop of N calls from main into a one-line
-library function (tests/c/callloop.c + callee.c), the median wall time of a
-whole run (plan + instantiate + run) and of the guest's run phase alone.
+Prints, for hello-world, for a loop of N calls from main into a one-line
+library function (tests/c/callloop.c + callee.c) and for a program whose
+library has 4 MiB of initialised data (tests/c/bigmain.c + bigdata.c), the
+median wall time of a whole run (plan + instantiate + run) and of the
+guest's run phase alone.
 
     python bench/linking.py [--calls 10000000] [--repeat 5]
 
@@ -63,6 +65,7 @@ def main() -> int:
             "callloop_static.wasm",
             [str(ns.calls)],
         ),
+        ("a library with 4 MiB of data", "bigmain.wasm", "bigmain_static.wasm", []),
     ]:
         d = measure(rt, corpus / dyn, args, ns.repeat)
         s = measure(rt, corpus / static, args, ns.repeat)

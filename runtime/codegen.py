@@ -117,7 +117,6 @@ def limits(minimum: int, maximum: int | None) -> bytes:
 def wasi_shim_module(
     functions: Sequence[tuple[str, FuncType]],
     memory: tuple[int, int | None] | None = None,
-    data: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """A module exporting ``memory`` and one wrapper per WASI preview1
     function (same name).
@@ -125,8 +124,8 @@ def wasi_shim_module(
     With ``memory`` (min, max pages) the shim *defines* the program's memory,
     so a run instantiates it with one ``Linker.instantiate`` call that binds
     every WASI import natively; without, it imports ``env.memory`` (for a
-    non-PIE main, which defines memory itself). ``data`` initialises the
-    memory it defines (see :func:`data_section`).
+    non-PIE main, which defines memory itself). A memory image, if any, is
+    appended (:func:`data_section`).
     """
     types = _Types()
     type_ids = [types.get(ft) for _, ft in functions]
@@ -149,13 +148,13 @@ def wasi_shim_module(
         + mem
         + section(7, vec(exports))
         + section(10, vec(bodies))
-        + data_section(data)
     )
 
 
 def data_section(data: Sequence[tuple[int, bytes]]) -> bytes:
     """Active data segments at constant addresses of memory 0 (empty: no
-    section).
+    section), to append to a generated module that defines the memory (its
+    other sections all come before a data section).
 
     The module that defines a run's memory carries the libraries' data this
     way (the recipe's memory image): wasmtime then maps it copy-on-write
@@ -181,7 +180,6 @@ def core_module(
     tags: Sequence[FuncType],
     table: int | None,
     memory: tuple[int, int | None] | None,
-    data: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """The per-plan module holding a run's shared state, created in one
     instantiation instead of one host call per object.
@@ -189,7 +187,7 @@ def core_module(
     Exports ``g0``..``gN`` (i32 globals with their planned initial values:
     stack pointer, per-module bases, GOT entries), ``t0``.. (exception tags),
     and optionally ``table`` (funcref, ``table`` slots, growable) and
-    ``memory`` (initialised with ``data``, see :func:`data_section`).
+    ``memory`` (a memory image, if any, is appended: :func:`data_section`).
     """
     types = _Types()
     tag_types = [types.get(ft) for ft in tags]
@@ -207,7 +205,7 @@ def core_module(
     if globals_:
         out += section(6, vec([_global_entry(m, v) for m, v in globals_]))
         exports += [name(f"g{i}") + b"\x03" + uleb(i) for i in range(len(globals_))]
-    return out + section(7, vec(exports)) + (data_section(data) if memory is not None else b"")
+    return out + section(7, vec(exports))
 
 
 def stubs_module(stubs: Sequence[tuple[FuncType, str]]) -> bytes:

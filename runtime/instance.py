@@ -34,6 +34,7 @@ from .errors import (
     wasmtime_message,
 )
 from .limits import EpochTicker, RunControl, RunLimits, install_epoch_check
+from .module import ModuleBytes, module_bytes
 from .plan import LinkPlan
 from .recipe import (
     MODULE0,
@@ -60,6 +61,14 @@ from .wasmtime_seam import (
 
 # Bytes of generated modules a runtime keeps (see GeneratedModules).
 GENERATED_BUDGET: Final = 64 << 20
+# Names the encoding of a memory image (codegen.data_section) in the cache
+# names of the modules that carry one: change it if that encoding changes.
+_IMAGE_FORMAT: Final = "wasmrun memory image: active segments at i32.const, v1"
+
+
+def _image_size(identity: tuple) -> int:
+    """Bytes of data in a memory image, from its identity (see Recipe.image_key)."""
+    return sum(size for *_, size in identity)
 
 
 class GeneratedModules:
@@ -75,7 +84,7 @@ class GeneratedModules:
     def __init__(
         self,
         engine: wasmtime.Engine,
-        compiler: Callable[[str, bytes], wasmtime.Module] | None = None,
+        compiler: Callable[[str, ModuleBytes], wasmtime.Module] | None = None,
         budget_bytes: int = GENERATED_BUDGET,
     ) -> None:
         self.engine = engine
@@ -89,24 +98,51 @@ class GeneratedModules:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, make: Callable[[], bytes]) -> wasmtime.Module:
+    def get(
+        self,
+        key: tuple,
+        make: Callable[[], bytes],
+        image: tuple[tuple, Callable[[], Sequence[tuple[int, bytes]]]] | None = None,
+    ) -> wasmtime.Module:
+        """The module ``make()`` generates, compiled once per ``key``.
+
+        ``image``, for the module that defines the memory: (what identifies
+        the memory image, a function returning its segments). Its data
+        section is appended to ``make()``'s bytes only if the module must be
+        compiled; its cache name comes from ``make()``'s bytes and that
+        identity, so a disk cache hit neither builds nor hashes megabytes of
+        data (a library with 4 MiB of data: ~15 ms per process)."""
         with self._lock:
             entry = self._modules.get(key)
             if entry is not None:
                 self._modules.move_to_end(key)
                 return entry[0]
-        data = make()
-        if self._compiler is not None:
-            mod = self._compiler(hashlib.sha256(data).hexdigest(), data)
+        head = make()
+        data: ModuleBytes
+        if image is None:
+            digest = hashlib.sha256(head).hexdigest()
+            data, size = head, len(head)
         else:
-            mod = wasmtime.Module(self.engine, data)
+            identity, segments = image
+            digest = hashlib.sha256(
+                f"{_IMAGE_FORMAT} {hashlib.sha256(head).hexdigest()} {identity!r}".encode()
+            ).hexdigest()
+
+            def data() -> bytes:
+                return head + codegen.data_section(segments())
+
+            size = len(head) + _image_size(identity)
+        if self._compiler is not None:
+            mod = self._compiler(digest, data)
+        else:
+            mod = wasmtime.Module(self.engine, module_bytes(data))
         with self._lock:
             if key not in self._modules:
-                self._modules[key] = (mod, len(data))
-                self._bytes += len(data)
+                self._modules[key] = (mod, size)
+                self._bytes += size
                 while self._bytes > self.budget_bytes and len(self._modules) > 1:
-                    _, (_, size) = self._modules.popitem(last=False)
-                    self._bytes -= size
+                    _, (_, dropped) = self._modules.popitem(last=False)
+                    self._bytes -= dropped
         return mod
 
     def __len__(self) -> int:
@@ -322,16 +358,13 @@ class InstanceSet:
         plan, store, r, gen = self.plan, self.store, self.recipe, self._generated
         src = self._sources
         # The memory image goes with the module that defines the memory.
-        core_image = r.image_key if r.core_memory is not None else ()
+        image = (r.image_key, lambda: r.image_data(plan.modules)) if r.image_key else None
+        core_image = image if r.core_memory is not None else None
         core = gen.get(
-            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory, core_image),
-            lambda: codegen.core_module(
-                r.core_globals,
-                r.core_tags,
-                r.core_table,
-                r.core_memory,
-                r.image_data(plan.modules) if core_image else (),
-            ),
+            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory)
+            + ((core_image[0],) if core_image else ()),
+            lambda: codegen.core_module(r.core_globals, r.core_tags, r.core_table, r.core_memory),
+            core_image,
         )
         src[SRC_CORE] = wasmtime.Instance(store, core, [])
         if r.plt_types:
@@ -343,12 +376,11 @@ class InstanceSet:
         if plan.nonpie:
             self._instantiate(plan.root)  # it defines the memory everyone shares
         if r.wasi:
-            shim_image = r.image_key if r.shim_memory is not None else ()
+            shim_image = image if r.shim_memory is not None else None
             shim = gen.get(
-                ("shim", r.wasi, r.shim_memory, shim_image),
-                lambda: codegen.wasi_shim_module(
-                    r.wasi, r.shim_memory, r.image_data(plan.modules) if shim_image else ()
-                ),
+                ("shim", r.wasi, r.shim_memory, shim_image[0] if shim_image else ()),
+                lambda: codegen.wasi_shim_module(r.wasi, r.shim_memory),
+                shim_image,
             )
             if r.shim_memory is not None:
                 # The shim defines the memory; the host linker binds WASI natively.

@@ -183,16 +183,29 @@ def test_generated_modules_are_bounded():
     engine = wasmtime.Engine()
     gen = GeneratedModules(engine, budget_bytes=3000)
 
-    def memory_module(n: int) -> bytes:
-        return codegen.core_module([], [], None, (1, None), [(0, bytes([n]) * 1000)])
+    def get(n: int) -> wasmtime.Module:
+        """A module defining a memory, with an image of 1000 bytes of n."""
+        return gen.get(
+            ("m", n),
+            lambda: codegen.core_module([], [], None, (1, None)),
+            ((("digest", n, 0, 1000),), lambda: [(0, bytes([n]) * 1000)]),
+        )
 
-    first = gen.get(("m", 0), lambda: memory_module(0))
+    first = get(0)
     assert gen.get(("m", 0), lambda: pytest.fail("compiled again")) is first
+    store = wasmtime.Store(engine)
+    memory = wasmtime.Instance(store, first, []).exports(store)["memory"]
+    assert isinstance(memory, wasmtime.Memory)
+    assert bytes(memory.read(store, 0, 1000)) == bytes(1000)
     for n in range(1, 6):
-        gen.get(("m", n), lambda n=n: memory_module(n))
+        get(n)
         assert gen.bytes <= 3000
     assert 1 < len(gen) < 6
     assert gen.get(("m", 5), lambda: pytest.fail("the newest was dropped")) is not None
+    store = wasmtime.Store(engine)
+    memory = wasmtime.Instance(store, get(5), []).exports(store)["memory"]
+    assert isinstance(memory, wasmtime.Memory)
+    assert bytes(memory.read(store, 0, 1000)) == bytes([5]) * 1000
 
 
 def test_malformed_data_segments_are_reported_with_their_offset(tmp_path: Path):
@@ -266,3 +279,24 @@ def test_past_the_segment_limit_a_module_copies_its_own_data(
         assert lib.recipe.dataless == (False,)
         (base,) = lib.call("base")
         assert _read(lib, base + 16, 5) == b"world"
+
+
+def test_a_disk_cache_hit_builds_no_image(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The module carrying the image is cached under a name made from its
+    other bytes and the image's identity: a later process finds it without
+    building (and hashing) the image's data, megabytes for a large library."""
+    cache = tmp_path / "cache"
+
+    def bigmain() -> int:
+        rt = Runtime(library_path=[str(corpus)], environ={}, disk_cache=str(cache))
+        return rt.run(str(corpus / "bigmain.wasm"), stdout=os.devnull).exit_code
+
+    assert bigmain() == 0
+
+    def built_again(_data: object) -> bytes:
+        raise AssertionError("the memory image was built again")
+
+    monkeypatch.setattr(codegen, "data_section", built_again)
+    assert bigmain() == 0
