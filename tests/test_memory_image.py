@@ -235,27 +235,6 @@ def test_past_the_image_cap_a_module_copies_its_own_data(
         assert _read(lib, base + 16, 5) == b"world"
 
 
-def test_a_disk_cache_hit_builds_no_variant(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """The variant without data is cached under a name derived from the
-    module's digest: a later process finds it on disk without making (and
-    hashing) the variant's bytes."""
-    cache = tmp_path / "cache"
-
-    def hello() -> int:
-        rt = Runtime(library_path=[str(corpus)], environ={}, disk_cache=str(cache))
-        return rt.run(str(corpus / "hello.wasm"), stdout=os.devnull).exit_code
-
-    assert hello() == 0
-
-    def made_again(self: ModuleImage) -> bytes:
-        raise AssertionError(f"{self.display}: variant made again")
-
-    monkeypatch.setattr(ModuleImage, "_without_active_data", made_again)
-    assert hello() == 0
-
-
 def test_too_many_data_segments_are_refused_before_decoding():
     count = wasmbin.MAX_DATA_SEGMENTS + 1
     body = codegen.uleb(count) + b"\x01\x00" * count  # passive, empty
@@ -281,22 +260,37 @@ def test_past_the_segment_limit_a_module_copies_its_own_data(
         assert _read(lib, base + 16, 5) == b"world"
 
 
-def test_a_disk_cache_hit_builds_no_image(
-    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("program", "owner", "maker"),
+    [
+        # libc.so's variant without its data, cached under a name derived
+        # from libc.so's digest
+        ("hello.wasm", ModuleImage, "_without_active_data"),
+        # the module carrying a 4 MiB image, cached under a name made from
+        # its other bytes and the image's identity
+        ("bigmain.wasm", codegen, "data_section"),
+    ],
+)
+def test_a_disk_cache_hit_builds_nothing_again(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    program: str,
+    owner: object,
+    maker: str,
 ):
-    """The module carrying the image is cached under a name made from its
-    other bytes and the image's identity: a later process finds it without
-    building (and hashing) the image's data, megabytes for a large library."""
+    """A later process finds what the memory image needs on disk without
+    making (and hashing) its bytes: megabytes for a large library."""
     cache = tmp_path / "cache"
 
-    def bigmain() -> int:
+    def run() -> int:
         rt = Runtime(library_path=[str(corpus)], environ={}, disk_cache=str(cache))
-        return rt.run(str(corpus / "bigmain.wasm"), stdout=os.devnull).exit_code
+        return rt.run(str(corpus / program), stdout=os.devnull).exit_code
 
-    assert bigmain() == 0
+    assert run() == 0
 
-    def built_again(_data: object) -> bytes:
-        raise AssertionError("the memory image was built again")
+    def made_again(*_args: object) -> bytes:
+        raise AssertionError(f"{maker} called again")
 
-    monkeypatch.setattr(codegen, "data_section", built_again)
-    assert bigmain() == 0
+    monkeypatch.setattr(owner, maker, made_again)
+    assert run() == 0
