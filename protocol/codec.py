@@ -7,6 +7,7 @@ a msgpack, Key/Type/Value error, so the daemon needs exactly one ``except``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 import attrs
@@ -21,7 +22,17 @@ from .errors import (
     quote,
 )
 from .framing import MAX_FRAME_SIZE, encode_frame
-from .messages import EXIT_CODES, MESSAGE_TYPES, PROTOCOL_VERSION, Error, Message, type_name
+from .messages import (
+    EXIT_CODES,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    CallResult,
+    Error,
+    Message,
+    PreloadResult,
+    RunResult,
+    type_name,
+)
 
 __all__ = [
     "decode_message",
@@ -106,17 +117,18 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 # What msgpack decodes ext data to (it builds these exact types, never subclasses).
 _EXT_TYPES: Final = frozenset({msgpack.Timestamp, msgpack.ExtType})
+_NO_EXT: Final = "msgpack ext types (timestamps) are not allowed"
 
 
-def _is_ext(value: Any) -> bool:
+def _has_ext(values: Iterable[Any]) -> bool:
     """Timestamps (ext -1) bypass ext_hook, so containers check for them."""
-    return type(value) in _EXT_TYPES
+    return not _EXT_TYPES.isdisjoint(map(type, values))
 
 
 def _check_list(items: list[Any]) -> list[Any]:
     """list_hook: reject timestamps inside arrays."""
-    if not _EXT_TYPES.isdisjoint(map(type, items)):
-        raise _Rejected("msgpack ext types (timestamps) are not allowed")
+    if _has_ext(items):
+        raise _Rejected(_NO_EXT)
     return items
 
 
@@ -131,8 +143,8 @@ def _check_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
             if key in seen:
                 raise _Rejected(f"duplicate map key {quote(key)}")
             seen.add(key)
-    if not _EXT_TYPES.isdisjoint(map(type, result.values())):
-        raise _Rejected("msgpack ext types (timestamps) are not allowed")
+    if _has_ext(result.values()):
+        raise _Rejected(_NO_EXT)
     return result
 
 
@@ -173,8 +185,8 @@ def _unpack(payload: bytes) -> Any:
         raise MalformedFrame(f"invalid msgpack: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input, see docstring
         raise MalformedFrame(f"invalid msgpack: {type(exc).__name__}") from None
-    if _is_ext(obj):
-        raise MalformedFrame("msgpack ext types (timestamps) are not allowed")
+    if _has_ext((obj,)):
+        raise MalformedFrame(_NO_EXT)
     return obj
 
 
@@ -275,7 +287,8 @@ class Answer(NamedTuple):
     kind: str | None  # an Error's kind
 
 
-_ANSWER_TYPES: Final = frozenset({"run_result", "call_result", "preload_result", "error"})
+# The answers to run, dlopen and preload requests.
+_ANSWER_TYPES: Final = frozenset(cls.TYPE for cls in (RunResult, CallResult, PreloadResult, Error))
 
 
 def peek_answer(payload: bytes) -> Answer:
