@@ -361,8 +361,14 @@ class InstanceSet:
         image = (r.image_key, lambda: r.image_data(plan.modules)) if r.image_key else None
         core_image = image if r.core_memory is not None else None
         core = gen.get(
-            ("core", r.core_globals, r.core_tags, r.core_table, r.core_memory)
-            + ((core_image[0],) if core_image else ()),
+            (
+                "core",
+                r.core_globals,
+                r.core_tags,
+                r.core_table,
+                r.core_memory,
+                core_image and r.image_key,
+            ),
             lambda: codegen.core_module(r.core_globals, r.core_tags, r.core_table, r.core_memory),
             core_image,
         )
@@ -378,7 +384,7 @@ class InstanceSet:
         if r.wasi:
             shim_image = image if r.shim_memory is not None else None
             shim = gen.get(
-                ("shim", r.wasi, r.shim_memory, shim_image[0] if shim_image else ()),
+                ("shim", r.wasi, r.shim_memory, shim_image and r.image_key),
                 lambda: codegen.wasi_shim_module(r.wasi, r.shim_memory),
                 shim_image,
             )
