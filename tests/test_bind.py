@@ -12,6 +12,7 @@ import wasmtime
 from wasmrun.runtime import LinkOptions, Runtime, bind, debug
 from wasmrun.runtime.dlopen import RTLD_GLOBAL, RTLD_NOW
 from wasmrun.runtime.plan import Planner
+from wat_support import THROWER, catcher, write_wat
 
 
 @pytest.fixture
@@ -85,31 +86,6 @@ HOST = """
 )
 """
 
-THROWER = """
-(module
- (@dylink.0 (mem-info))
- (import "env" "memory" (memory 0))
- (import "env" "__cpp_exception" (tag $e (param i32)))
- (func (export "thrower") (param i32) (throw $e (local.get 0)))
-)
-"""
-
-
-def _catcher(needed: str) -> str:
-    return f"""
-(module
- (@dylink.0 (mem-info) {needed})
- (import "env" "memory" (memory 0))
- (import "env" "__cpp_exception" (tag $e (param i32)))
- (import "env" "thrower" (func $thrower (param i32)))
- (func (export "catcher") (param i32) (result i32)
-   (block $h (result i32)
-     (try_table (catch $e $h) (call $thrower (local.get 0)))
-     (i32.const -1)))
-)
-"""
-
-
 ANSWER_USER = """
 (module
  (@dylink.0 (mem-info))
@@ -118,12 +94,6 @@ ANSWER_USER = """
  (func (export "get_answer") (result i32) (global.get $a))
 )
 """
-
-
-def _write(dir_: Path, file: str, wat: str) -> Path:
-    path = dir_ / file
-    path.write_bytes(wasmtime.wat2wasm(wat))
-    return path
 
 
 def _call(iset, handle: int, name: str, *args: int) -> object:
@@ -136,10 +106,10 @@ def _call(iset, handle: int, name: str, *args: int) -> object:
 def test_dlopened_libraries_share_exception_tags(tmp_path: Path):
     """One tag per name for the whole run, as at load time: within one
     dlopen'ed group and across later ones."""
-    host = _write(tmp_path, "libhost.so", HOST)
-    _write(tmp_path, "libthrow.so", THROWER)
-    _write(tmp_path, "libcatch.so", _catcher('(needed "libthrow.so")'))
-    _write(tmp_path, "libcatchlater.so", _catcher(""))
+    host = write_wat(tmp_path, "libhost.so", HOST)
+    write_wat(tmp_path, "libthrow.so", THROWER)
+    write_wat(tmp_path, "libcatch.so", catcher('(needed "libthrow.so")'))
+    write_wat(tmp_path, "libcatchlater.so", catcher(""))
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(host)) as iset:  # no tag at load time
         h = iset.dynamic.dlopen("libcatch.so", RTLD_NOW | RTLD_GLOBAL)  # with libthrow.so
@@ -149,8 +119,8 @@ def test_dlopened_libraries_share_exception_tags(tmp_path: Path):
 
 
 def test_a_dlopened_library_imports_a_loaded_modules_global(tmp_path: Path):
-    host = _write(tmp_path, "libhost.so", HOST)
-    _write(tmp_path, "libanswer.so", ANSWER_USER)
+    host = write_wat(tmp_path, "libhost.so", HOST)
+    write_wat(tmp_path, "libanswer.so", ANSWER_USER)
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(host)) as iset:
         h = iset.dynamic.dlopen("libanswer.so", RTLD_NOW)
@@ -173,8 +143,8 @@ def test_rtld_lazy_defers_calls_only(tmp_path: Path):
     RTLD_LAZY, as in ld.so."""
     from wasmrun.runtime.dlopen import RTLD_LAZY, DlError
 
-    host = _write(tmp_path, "libhost.so", HOST)
-    lib = _write(tmp_path, "libaddr.so", TAKES_ADDRESS)
+    host = write_wat(tmp_path, "libhost.so", HOST)
+    lib = write_wat(tmp_path, "libaddr.so", TAKES_ADDRESS)
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(lib)) as iset:
         (slot,) = iset.call("address")

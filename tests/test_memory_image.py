@@ -13,6 +13,7 @@ from wasmrun.runtime.errors import BinaryFormatError
 from wasmrun.runtime.instance import GeneratedModules, InstanceSet
 from wasmrun.runtime.module import ModuleImage, decode
 from wasmrun.runtime.wasmbin import parse_module
+from wat_support import write_wat
 
 # Data at __memory_base and __memory_base + 16 (extended const), a passive
 # segment that memory.init copies on request, and a function telling the base.
@@ -56,12 +57,6 @@ OVERSIZED = """
 """
 
 
-def _write(dir_: Path, file: str, wat: str) -> Path:
-    path = dir_ / file
-    path.write_bytes(wasmtime.wat2wasm(wat))
-    return path
-
-
 def _image(path: Path) -> ModuleImage:
     return decode(path.read_bytes(), path.name, str(path))
 
@@ -71,7 +66,7 @@ def _read(iset, address: int, n: int) -> bytes:
 
 
 def test_data_segments_are_decoded_with_their_places(tmp_path: Path):
-    path = _write(tmp_path, "libimaged.so", IMAGED)
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)
     data = path.read_bytes()
     info = parse_module(data, str(path))
     assert [(s.active, s.memory) for s in info.data] == [(True, 0), (True, 0), (False, 0)]
@@ -86,19 +81,19 @@ def test_data_segments_are_decoded_with_their_places(tmp_path: Path):
 
 
 def test_relocatable_data_is_relative_to_the_base(tmp_path: Path):
-    imaged = _image(_write(tmp_path, "libimaged.so", IMAGED))
+    imaged = _image(write_wat(tmp_path, "libimaged.so", IMAGED))
     segments = imaged.relocatable_data()
     assert segments is not None
     assert [(off, imaged.data_bytes(at, n)) for off, at, n in segments] == [
         (0, b"hello"),
         (16, b"world"),
     ]
-    assert _image(_write(tmp_path, "libabs.so", ABSOLUTE)).relocatable_data() is None
-    assert _image(_write(tmp_path, "libbig.so", OVERSIZED)).relocatable_data() is None
+    assert _image(write_wat(tmp_path, "libabs.so", ABSOLUTE)).relocatable_data() is None
+    assert _image(write_wat(tmp_path, "libbig.so", OVERSIZED)).relocatable_data() is None
 
 
 def test_the_variant_without_data_keeps_everything_else(tmp_path: Path):
-    path = _write(tmp_path, "libimaged.so", IMAGED)
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)
     image = _image(path)
     variant = image._without_active_data()
     info = parse_module(variant, "variant")
@@ -110,7 +105,7 @@ def test_the_variant_without_data_keeps_everything_else(tmp_path: Path):
 
 
 def test_a_library_s_data_comes_from_the_image(tmp_path: Path):
-    path = _write(tmp_path, "libimaged.so", IMAGED)
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(path)) as lib:
         assert lib.recipe.dataless == (True,)
@@ -128,7 +123,7 @@ def test_a_library_s_data_comes_from_the_image(tmp_path: Path):
 
 
 def test_a_module_with_other_data_copies_it_itself(tmp_path: Path):
-    path = _write(tmp_path, "libabs.so", ABSOLUTE)
+    path = write_wat(tmp_path, "libabs.so", ABSOLUTE)
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(path)) as lib:
         assert lib.recipe.dataless == (False,) and lib.recipe.image == ()
@@ -140,7 +135,7 @@ def test_a_module_with_other_data_copies_it_itself(tmp_path: Path):
 def test_every_run_gets_the_image_afresh(tmp_path: Path):
     """Copy-on-write: what one run writes over the image, the next run does
     not see."""
-    path = _write(tmp_path, "libimaged.so", IMAGED)
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(path)) as first:
         (base,) = first.call("base")
@@ -226,7 +221,7 @@ def test_past_the_image_cap_a_module_copies_its_own_data(
     """The image is bounded (it is compiled and cached like a module): a
     library whose data would take it past the cap keeps its data."""
     monkeypatch.setattr(recipe, "MAX_IMAGE_BYTES", 8)
-    path = _write(tmp_path, "libimaged.so", IMAGED)  # 10 bytes of active data
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)  # 10 bytes of active data
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(path)) as lib:
         assert lib.recipe.dataless == (False,) and lib.recipe.image == ()
@@ -252,7 +247,7 @@ def test_past_the_segment_limit_a_module_copies_its_own_data(
     """One generated module holds the image, and wasmtime bounds a module's
     data segments: a library whose segments would pass that keeps them."""
     monkeypatch.setattr(recipe, "MAX_DATA_SEGMENTS", 1)
-    path = _write(tmp_path, "libimaged.so", IMAGED)  # 2 active segments
+    path = write_wat(tmp_path, "libimaged.so", IMAGED)  # 2 active segments
     rt = Runtime(library_path=[str(tmp_path)], disk_cache=False)
     with rt.open_library(str(path)) as lib:
         assert lib.recipe.dataless == (False,)

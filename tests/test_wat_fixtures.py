@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import wasmtime
 from wasmrun.runtime import Runtime
+from wat_support import THROWER, catcher, write_wat
 
 TLS_LIB = """
 (module
@@ -34,38 +34,12 @@ TLS_USER = """
 )
 """
 
-THROWER = """
-(module
- (@dylink.0 (mem-info))
- (import "env" "memory" (memory 0))
- (import "env" "__cpp_exception" (tag $e (param i32)))
- (func (export "thrower") (param i32) (throw $e (local.get 0)))
-)
-"""
-
-CATCHER = """
-(module
- (@dylink.0 (mem-info) (needed "libthrow.so"))
- (import "env" "memory" (memory 0))
- (import "env" "__cpp_exception" (tag $e (param i32)))
- (import "env" "thrower" (func $thrower (param i32)))
- (func (export "catcher") (param i32) (result i32)
-   (block $h (result i32)
-     (try_table (catch $e $h) (call $thrower (local.get 0)))
-     (i32.const -1)))
-)
-"""
-
-
-def write(dir_: Path, file: str, wat: str) -> Path:
-    path = dir_ / file
-    path.write_bytes(wasmtime.wat2wasm(wat))
-    return path
+CATCHER = catcher('(needed "libthrow.so")')
 
 
 def test_tls_exports_are_relative_to_the_tls_block(tmp_path: Path):
-    write(tmp_path, "libtls.so", TLS_LIB)
-    user = write(tmp_path, "libtlsuser.so", TLS_USER)
+    write_wat(tmp_path, "libtls.so", TLS_LIB)
+    user = write_wat(tmp_path, "libtlsuser.so", TLS_USER)
     rt = Runtime(library_path=[str(tmp_path)])
     lib = rt.open_library(str(user))
     (block,) = lib.call("tls_block")
@@ -75,8 +49,8 @@ def test_tls_exports_are_relative_to_the_tls_block(tmp_path: Path):
 
 
 def test_exception_tags_are_shared_between_modules(tmp_path: Path):
-    write(tmp_path, "libthrow.so", THROWER)
-    catcher = write(tmp_path, "libcatch.so", CATCHER)
+    write_wat(tmp_path, "libthrow.so", THROWER)
+    catcher = write_wat(tmp_path, "libcatch.so", CATCHER)
     rt = Runtime(library_path=[str(tmp_path)])
     lib = rt.open_library(str(catcher))
     assert lib.call("catcher", [7]) == [7]
