@@ -110,6 +110,26 @@ def start_daemon(
     return proc, time.perf_counter() - t0
 
 
+def run_frame(
+    program: Path, args: list[str], roles: list[str], rid: int, timeout_ms: int | None = None
+) -> bytes:
+    """A run request for ``program`` (argv[0] its name, then ``args``) with
+    nothing else asked for, its descriptors sent in the order of ``roles``."""
+    return wire.run_request(
+        program=str(program),
+        args=[program.name, *args],
+        env=[],
+        cwd="/",
+        library_path=[],
+        preload=[],
+        bind_now=False,
+        memory_bytes=None,
+        timeout_ms=timeout_ms,
+        fd_roles=roles,
+        request_id=rid,
+    )
+
+
 class Client:
     """A persistent connection sending hello-world runs, as wasmrun does."""
 
@@ -131,19 +151,7 @@ class Client:
         """One request; its round-trip seconds."""
         rid = self.next_id
         self.next_id += 1
-        frame = wire.run_request(
-            program=str(self.program),
-            args=self.args,
-            env=[],
-            cwd="/",
-            library_path=[],
-            preload=[],
-            bind_now=False,
-            memory_bytes=None,
-            timeout_ms=None,
-            fd_roles=["stdout", "program"],
-            request_id=rid,
-        )
+        frame = run_frame(self.program, self.args[1:], ["stdout", "program"], rid)
         if self.legacy:
             body = wire.unpackb(frame[4:])
             frame = wire.frame({k: v for k, v in body.items() if k != "debug"})

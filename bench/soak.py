@@ -46,8 +46,11 @@ from wasmrun.client import wire  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_daemon", ROOT / "bench" / "daemon.py")
 assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)  # bench/daemon.py: start_daemon
+bench = importlib.util.module_from_spec(_spec)  # bench/daemon.py: start_daemon, run_frame
 _spec.loader.exec_module(bench)
+
+# The descriptors every run of the soak sends.
+_ROLES = ["stdout", "stderr", "program"]
 
 from toolchain.corpus import build_corpus  # noqa: E402
 
@@ -88,22 +91,6 @@ class Conn:
         self.sock.close()
 
 
-def _run_frame(program: Path, args: list[str], timeout_ms: int | None, rid: int = 1) -> bytes:
-    return wire.run_request(
-        program=str(program),
-        args=[program.name, *args],
-        env=[],
-        cwd="/",
-        library_path=[],
-        preload=[],
-        bind_now=False,
-        memory_bytes=None,
-        timeout_ms=timeout_ms,
-        fd_roles=["stdout", "stderr", "program"],
-        request_id=rid,
-    )
-
-
 def run(
     path: str,
     program: Path,
@@ -129,7 +116,7 @@ def run(
     reader = threading.Thread(target=drain)
     reader.start()
     try:
-        conn.send(_run_frame(program, list(args), timeout_ms), [w, w, prog])
+        conn.send(bench.run_frame(program, list(args), _ROLES, 1, timeout_ms), [w, w, prog])
         os.close(w)
         w = -1
         reply = conn.reply()
@@ -196,7 +183,7 @@ def scenario(
         prog = os.open(corpus / "spin.wasm", os.O_RDONLY)
         null = os.open(os.devnull, os.O_WRONLY)
         try:
-            conn.send(_run_frame(corpus / "spin.wasm", [], None), [null, null, prog])
+            conn.send(bench.run_frame(corpus / "spin.wasm", [], _ROLES, 1), [null, null, prog])
             time.sleep(rng.uniform(0.0, 0.02))  # the client vanishes mid-run
         finally:
             os.close(prog)
@@ -313,7 +300,7 @@ def main() -> int:
         def half_frames() -> None:
             """Connections stuck in the middle of a frame, renewed as the
             daemon cuts them."""
-            frame = _run_frame(corpus / "hello.wasm", [], None)
+            frame = bench.run_frame(corpus / "hello.wasm", [], _ROLES, 1)
             conns: list[Conn] = []
             while not stop.is_set():
                 while len(conns) < ns.half:

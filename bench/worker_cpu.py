@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import os
 import sys
 import time
@@ -22,12 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wasmrun.client import wire
 from wasmrun.daemon import stdio, worker
 from wasmrun.daemon.config import DaemonConfig
 from wasmrun.runtime import RunControl, Runtime, api, instance
 
 ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_daemon", ROOT / "bench" / "daemon.py")
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)  # bench/daemon.py: run_frame
+_spec.loader.exec_module(bench)
 SPENT: collections.Counter[str] = collections.Counter()
 
 
@@ -75,19 +79,7 @@ def main() -> int:
     roles = ["stdout", "program"]
     jobs = []
     for i in range(1, 1001):
-        frame = wire.run_request(
-            program=program,
-            args=["hello.wasm"],
-            env=[],
-            cwd="/",
-            library_path=[],
-            preload=[],
-            bind_now=False,
-            memory_bytes=None,
-            timeout_ms=None,
-            fd_roles=roles,
-            request_id=i,
-        )
+        frame = bench.run_frame(Path(program), [], roles, i)
         jobs.append({"op": "job", "request": frame[4:], "roles": roles, "number": i})
 
     def job(i: int) -> None:
