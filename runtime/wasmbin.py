@@ -195,10 +195,10 @@ class ElemSegment(NamedTuple):
 
 class DataSegment(NamedTuple):
     """A data segment: where its bytes lie in the file, and for an active
-    one, which memory and the offset expression. ``entry`` and
-    ``payload`` are file offsets: the segment's encoding is
-    ``file[entry:payload - len(uleb(size))]`` (flags, memory, offset), then the
-    size and the bytes."""
+    one, which memory and the offset expression. ``entry``, ``header_end``
+    and ``payload`` are file offsets: the segment's encoding is
+    ``file[entry:header_end]`` (flags, memory, offset), then the size, then
+    ``size`` bytes at ``payload``."""
 
     active: bool
     memory: int
