@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import os
+import select
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import TEST_CACHE_DIR
@@ -100,15 +102,17 @@ class Daemon:
 def _wait_ready(notify: socket.socket, proc: subprocess.Popen, log: Path) -> None:
     """Wait for READY=1 on our stand-in for systemd's notification socket."""
     deadline = time.monotonic() + TIMEOUT
-    notify.settimeout(0.1)
-    while time.monotonic() < deadline:
-        try:
-            if b"READY=1" in notify.recv(4096).split(b"\n"):
+    pidfd = os.pidfd_open(proc.pid)  # readable once the daemon has exited
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([notify, pidfd], [], [], left)
+            if notify in ready and b"READY=1" in notify.recv(4096).split(b"\n"):
                 return
-        except TimeoutError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"wasmrund exited {proc.returncode}:\n{log.read_text()}")
+            if pidfd in ready:
+                proc.wait()
+                raise AssertionError(f"wasmrund exited {proc.returncode}:\n{log.read_text()}")
+    finally:
+        os.close(pidfd)
     proc.kill()
     raise AssertionError(f"wasmrund not ready after {TIMEOUT} s:\n{log.read_text()}")
 
@@ -566,14 +570,15 @@ def test_the_client_imports_little_on_the_daemon_path(daemon: Daemon, corpus: Pa
 # -- cancellation -----------------------------------------------------------------------
 
 
-def _wait_for_text(path: Path, text: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while text not in path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
-        time.sleep(0.02)
+def _first_line(stream: IO[bytes]) -> bytes:
+    """The first line a child writes to ``stream`` (a pipe): the guest
+    says it is running. Waits for the pipe, not a clock."""
+    ready, _, _ = select.select([stream], [], [], TIMEOUT)
+    assert ready, f"nothing written within {TIMEOUT} s"
+    return stream.readline()
 
 
-def _spin_client(daemon: Daemon, corpus: Path, out: Path) -> subprocess.Popen:
+def _spin_client(daemon: Daemon, corpus: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -587,17 +592,17 @@ def _spin_client(daemon: Daemon, corpus: Path, out: Path) -> subprocess.Popen:
             str(corpus / "spin.wasm"),
         ],
         stdin=subprocess.DEVNULL,
-        stdout=open(out, "w"),  # noqa: SIM115 - the child owns it
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
 
 
-def test_a_killed_client_frees_its_worker(corpus: Path, tmp_path: Path):
+def test_a_killed_client_frees_its_worker(corpus: Path):
     with start_daemon("-L", str(corpus), "--concurrency", "1") as d:
-        out = tmp_path / "spin.out"
-        spinner = _spin_client(d, corpus, out)
+        spinner = _spin_client(d, corpus)
         try:
-            _wait_for_text(out, "spinning")
+            assert spinner.stdout is not None
+            assert _first_line(spinner.stdout) == b"spinning\n"
             spinner.kill()
         finally:
             spinner.wait(TIMEOUT)
@@ -608,12 +613,12 @@ def test_a_killed_client_frees_its_worker(corpus: Path, tmp_path: Path):
         assert "spin.wasm" in d.log() and "cancelled" in d.log()
 
 
-def test_ctrl_c_cancels_the_remote_run(corpus: Path, tmp_path: Path):
+def test_ctrl_c_cancels_the_remote_run(corpus: Path):
     with start_daemon("-L", str(corpus), "--concurrency", "1") as d:
-        out = tmp_path / "spin.out"
-        spinner = _spin_client(d, corpus, out)
+        spinner = _spin_client(d, corpus)
         try:
-            _wait_for_text(out, "spinning")
+            assert spinner.stdout is not None
+            assert _first_line(spinner.stdout) == b"spinning\n"
             spinner.send_signal(signal.SIGINT)
             _, err = spinner.communicate(timeout=TIMEOUT)
         finally:
@@ -711,36 +716,36 @@ def test_socket_activation(corpus: Path):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_sigterm_drains_a_running_request_then_exits_0(corpus: Path, tmp_path: Path):
-    """io.wasm blocks reading a pipe we hold; SIGTERM arrives meanwhile; the
-    daemon stops accepting but finishes the run once we write its input."""
+def test_sigterm_drains_a_running_request_then_exits_0(corpus: Path):
+    """gate.wasm says it runs, then blocks reading a pipe we hold; SIGTERM
+    arrives meanwhile; the daemon stops accepting but finishes the run
+    once we write its input."""
     with start_daemon("-L", str(corpus)) as d:
-        r, w = os.pipe()
-        out = tmp_path / "out.txt"
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
         answers: list[Message | None] = []
-        with open(out, "w") as stdout:
-            runner = threading.Thread(
-                target=lambda: answers.append(
-                    raw_run(d, corpus / "io.wasm", ("x", "5"), stdout=stdout.fileno(), stdin=r)
-                )
+        runner = threading.Thread(
+            target=lambda: answers.append(
+                raw_run(d, corpus / "gate.wasm", stdout=out_w, stdin=stdin_r)
             )
-            runner.start()
-            deadline = time.monotonic() + TIMEOUT
-            while _stats(d)["daemon.active"] != 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            d.proc.send_signal(signal.SIGTERM)
-            d.wait_notify(b"STOPPING=1")  # sent once the listening socket is closed
-            assert d.proc.poll() is None, "exited without draining"
-            with pytest.raises(OSError):  # no longer accepting
-                Raw(d.socket)
-            os.write(w, b"go\n")
-            os.close(w)
-            runner.join(TIMEOUT)
-            os.close(r)
+        )
+        runner.start()
+        with open(out_r, "rb") as out:
+            try:
+                assert _first_line(out) == b"waiting\n"  # the guest runs now
+                d.proc.send_signal(signal.SIGTERM)
+                d.wait_notify(b"STOPPING=1")  # sent once the listening socket is closed
+                assert d.proc.poll() is None, "exited without draining"
+                with pytest.raises(OSError):  # no longer accepting
+                    Raw(d.socket)
+                os.write(stdin_w, b"5\n")
+                runner.join(TIMEOUT)
+            finally:
+                for fd in (stdin_r, stdin_w, out_w):
+                    os.close(fd)
+            assert out.read() == b"got 5\n"
         assert d.proc.wait(TIMEOUT) == 0
         assert isinstance(answers[0], RunResult) and answers[0].exit_code == 5
-        assert "stdin=GO" in out.read_text()
         assert "draining 1 running request" in d.log()
 
 
@@ -861,15 +866,23 @@ def test_autostart(corpus: Path):
         for line in text.splitlines():
             if "(concurrency" in line and "pid " in line:
                 pid = int(line.rsplit("pid ", 1)[1].rstrip(")"))
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + TIMEOUT
-                while time.monotonic() < deadline:
-                    try:
-                        os.kill(pid, 0)
-                    except ProcessLookupError:
-                        break
-                    time.sleep(0.05)
+                _terminate_and_wait(pid)
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _terminate_and_wait(pid: int) -> None:
+    """SIGTERM a process that is not our child (the client started it),
+    and wait for it to end: its pidfd becomes readable then."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], TIMEOUT)
+        assert ready, f"pid {pid} still running {TIMEOUT} s after SIGTERM"
+    finally:
+        os.close(pidfd)
 
 
 def test_a_file_the_daemon_cannot_see_runs_in_process(corpus: Path, tmp_path: Path):
