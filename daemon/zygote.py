@@ -25,6 +25,7 @@ so a pid can never have been reused by another process.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -34,6 +35,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .channel import ChannelError, SyncChannel, close_fds
@@ -135,7 +137,7 @@ def _main(
     # collection walks (and writes) their object headers.
     gc.collect()
     gc.freeze()
-    children: set[int] = set()
+    children: dict[int, str] = {}  # pid -> "worker"
     killed: set[int] = set()  # killed on the front's request
     pending = b""
     while True:
@@ -162,15 +164,26 @@ def _main(
         except ChannelError:
             return  # the front is gone
         if msg["op"] == "spawn" and len(fds) == 2:
-            pid = _spawn(channel, msg, fds, runtime, config, code)
+            identity = Identity(
+                int(msg["uid"]), int(msg["gid"]), tuple(int(g) for g in msg["groups"])
+            )
+            pid = _spawn(
+                (channel.sock, kills),
+                channel,
+                msg,
+                identity.describe(),
+                functools.partial(
+                    _become_worker, fds, identity, msg, runtime=runtime, config=config, code=code
+                ),
+            )
             if pid:
-                children.add(pid)
+                children[pid] = "worker"
         close_fds(fds)
 
 
-def _reap(children: set[int], killed: set[int]) -> None:
-    """Collect ended workers; one that ended in a way the front did not
-    ask for (a signal, a failure status) is logged with how."""
+def _reap(children: dict[int, str], killed: set[int]) -> None:
+    """Collect ended workers and compilers; one that ended in a way the
+    front did not ask for (a signal, a failure status) is logged with how."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -178,7 +191,7 @@ def _reap(children: set[int], killed: set[int]) -> None:
             return
         if pid == 0:
             return
-        children.discard(pid)
+        kind = children.pop(pid, "child")
         if pid in killed:
             killed.discard(pid)
         elif os.WIFSIGNALED(status):
@@ -187,31 +200,36 @@ def _reap(children: set[int], killed: set[int]) -> None:
                 name = signal.Signals(sig).name
             except ValueError:  # a real-time signal
                 name = f"signal {sig}"
-            log.error("worker %d was killed by %s", pid, name)
+            log.error("%s %d was killed by %s", kind, pid, name)
         elif os.WEXITSTATUS(status) != 0:
-            log.error("worker %d exited with status %d", pid, os.WEXITSTATUS(status))
+            log.error("%s %d exited with status %d", kind, pid, os.WEXITSTATUS(status))
 
 
 def _spawn(
+    ours: tuple[socket.socket, ...],
     channel: SyncChannel,
     msg: dict[str, Any],
-    worker_fds: list[int],
-    runtime: Any,
-    config: DaemonConfig,
-    code: Any,
+    what: str,
+    become: Callable[[int], None],
 ) -> int:
-    """Fork a worker; its pid, or 0 if it could not be set up."""
-    identity = Identity(int(msg["uid"]), int(msg["gid"]), tuple(int(g) for g in msg["groups"]))
+    """Fork a child that runs ``become`` (given the descriptor on which it
+    reports a failed set-up, and closes once set up); its pid, or 0 if it
+    could not be set up. The child closes ``ours`` (the zygote's channel
+    and kill socket) first: were a tenant ever to control its worker, the
+    kill socket would let it steal the front's kill requests, or make the
+    front believe the zygote died."""
     r, w = os.pipe2(os.O_CLOEXEC)  # the child reports its set-up here
     pid = os.fork()
     if pid == 0:
         os.close(r)
         status = 1
         try:
-            _become_worker(channel, worker_fds, identity, msg, w, runtime, config, code)
+            for sock in ours:
+                sock.close()
+            become(w)
             status = 0
         except BaseException:
-            log.exception("worker for %s failed", identity.describe())
+            log.exception("child for %s failed", what)
         finally:
             os._exit(status)
     os.close(w)
@@ -236,7 +254,6 @@ def _lower_limit(which: int, value: int) -> None:
 
 
 def _become_worker(
-    zygote_channel: SyncChannel,
     worker_fds: list[int],
     identity: Identity,
     msg: dict[str, Any],
@@ -248,7 +265,6 @@ def _become_worker(
     """In the forked child: limits, identity, then serve."""
     from . import worker
 
-    zygote_channel.sock.close()
     try:
         _lower_limit(resource.RLIMIT_NOFILE, msg["max_fds"])
         if msg.get("max_data"):

@@ -84,6 +84,30 @@ def test_workers_run_under_their_limits(corpus: Path) -> None:
         assert "NoNewPrivs:\t1" in status
 
 
+def _open_files(pid: int) -> set[str]:
+    """What a process's descriptors point at (socket:[inode], /memfd:...)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return out
+
+
+def test_a_worker_holds_none_of_the_zygotes_descriptors(corpus: Path) -> None:
+    """The zygote's channel and kill socket stay the zygote's: a worker
+    holding its kill socket could read the front's kill requests, or write
+    to it and make the front believe the zygote died. (Standard streams,
+    shared with the daemon as its log, are the only files in common.)"""
+    with start_daemon() as d:
+        assert _cli(d, corpus, str(corpus / "hello.wasm")).returncode == 0
+        [zygote] = _children(d.proc.pid)
+        [worker] = _workers(d)
+        shared = _open_files(worker) & _open_files(zygote)
+        assert {f for f in shared if f.startswith("socket:")} == set()
+
+
 def test_the_worker_memory_ceiling_holds_beyond_store_limits(corpus: Path) -> None:
     """A run allowed 1 GiB of linear memory in a worker capped at 600 MiB
     of data: its allocations fail once the cap is reached, the worker
