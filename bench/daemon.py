@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wasmrun.client import wire  # noqa: E402
+from wasmrun.daemon.zygote import COMPILER_NAME  # noqa: E402
 
 from toolchain.corpus import build_corpus  # noqa: E402
 
@@ -377,9 +378,17 @@ def throughput(
     return rates
 
 
-def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[int, list[int]]:
+def _is_compiler(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == COMPILER_NAME
+    except OSError:
+        return False
+
+
+def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[int, list[int], int]:
     """Total PSS (KiB) of a daemon and its processes after four long runs
-    at once and a few hello worlds, from a fresh compiled-code cache."""
+    at once and a few hello worlds, from a fresh compiled-code cache, each
+    process's, and the compiler processes' apart."""
     shutil.rmtree(scratch / "cache", ignore_errors=True)
     proc, _ = start_daemon(scratch, corpus, 4, pythonpath)
     try:
@@ -398,8 +407,11 @@ def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[in
         for _ in range(20):
             hello.run()
         hello.close()
-        pids = descendants(proc.pid)
-        return sum(pss_kib(p) for p in pids), [pss_kib(p) for p in pids]
+        # A compiler process made the fresh cache's code: idle now, it
+        # exits after worker_idle_timeout. Counted apart.
+        pids = [p for p in descendants(proc.pid) if not _is_compiler(p)]
+        compilers = sum(pss_kib(p) for p in descendants(proc.pid) if _is_compiler(p))
+        return sum(pss_kib(p) for p in pids), [pss_kib(p) for p in pids], compilers
     finally:
         proc.terminate()
         proc.wait(30)
@@ -408,11 +420,12 @@ def _daemon_pss(scratch: Path, corpus: Path, pythonpath: str | None) -> tuple[in
 def memory(scratch: Path, corpus: Path, baseline: str | None) -> None:
     """PSS of the daemon with 4 workers; with ``baseline`` (a PYTHONPATH
     holding an older wasmrun), against that daemon under the same load."""
-    total, each = _daemon_pss(scratch, corpus, None)
+    total, each, compilers = _daemon_pss(scratch, corpus, None)
     print(f"4. memory: PSS of front + zygote + {len(each) - 2} workers: {total / 1024:.1f} MiB")
     print("   per process (MiB): " + ", ".join(f"{k / 1024:.1f}" for k in each))
+    print(f"   and the idle compiler process(es): {compilers / 1024:.1f} MiB")
     if baseline:
-        old, _ = _daemon_pss(scratch, corpus, baseline)
+        old, _, _ = _daemon_pss(scratch, corpus, baseline)
         print(f"   the daemon from {baseline} (one process, threads): {old / 1024:.1f} MiB")
         print(f"   ratio: {total / old:.2f}x")
 

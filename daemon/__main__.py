@@ -158,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wasmrun.runtime.diskcache import default_cache_dir
 
     from .codestore import CodeStore
+    from .compilers import Compilers
     from .identity import IdentityError, drop_front_privileges, front_identity
     from .scheduler import PoolLimits, Scheduler
     from .server import ListenError, Server, bind_socket
@@ -227,7 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler: Scheduler = Scheduler(
             pool, lambda identity: handle.spawn(identity, worker_limits)
         )
-        server = Server(config, scheduler, store, own=own, can_change_identity=changes)
+        compilers = Compilers(
+            handle,
+            store,
+            slots=max(1, os.cpu_count() or 1),
+            memory=config.compile_memory,
+            timeout=config.compile_timeout,
+            idle_timeout=config.worker_idle_timeout,
+        )
+        server = Server(config, scheduler, compilers, own=own, can_change_identity=changes)
         lost = False
 
         async def watch_zygote() -> None:

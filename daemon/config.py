@@ -19,6 +19,8 @@
     worker_max_fds = 1024                     # a worker's RLIMIT_NOFILE
     kill_grace = 1.0                          # seconds a stopped run has before its
                                               # worker is killed
+    compile_memory = 2147483648               # a compiler process's RLIMIT_DATA (bytes)
+    compile_timeout = 300.0                   # seconds one module may take to compile
     max_connections = 1000                    # open client connections in all
     max_connections_per_uid = 64              # ... and per uid
     idle_timeout = 60.0                       # close a connection idle this long
@@ -118,6 +120,8 @@ class DaemonConfig:
     worker_memory: int | None = None  # None: derived from the memory limits
     worker_max_fds: int = 1024
     kill_grace: float = 1.0
+    compile_memory: int = 2 << 30  # a compiler process's RLIMIT_DATA
+    compile_timeout: float = 300.0  # seconds one module may take to compile
     max_connections: int = 1000
     max_connections_per_uid: int = 64
     idle_timeout: float = 60.0
@@ -274,6 +278,8 @@ _TOP = {
     "worker_memory": _positive_int,
     "worker_max_fds": _positive_int,
     "kill_grace": _positive_number,
+    "compile_memory": _positive_int,
+    "compile_timeout": _positive_number,
     "max_connections": _positive_int,
     "max_connections_per_uid": _positive_int,
     "idle_timeout": _positive_number,

@@ -22,6 +22,7 @@ import attrs
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 CAP_SETGID = 6
 CAP_SETUID = 7
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -93,6 +94,12 @@ def set_parent_death_signal(signum: int) -> None:
     """Have the kernel send ``signum`` to this process when its parent dies,
     so no worker outlives the daemon."""
     _libc().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def name_process(name: str) -> None:
+    """Set what ``ps`` and ``/proc/PID/comm`` call this process (at most
+    15 bytes), so an operator can tell the daemon's processes apart."""
+    _libc().prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 class IdentityError(Exception):

@@ -60,7 +60,7 @@ from wasmrun.protocol import (
 )
 
 from .channel import close_fds, received_fds
-from .codestore import CodeStore
+from .compilers import Compilers
 from .config import DaemonConfig, default_socket_path
 from .execute import effective_limits, error_for
 from .identity import Identity
@@ -152,7 +152,8 @@ def bind_socket(config: DaemonConfig) -> tuple[socket.socket, str]:
 
 class Server:
     """Accepts connections and owns what they share: the scheduler and its
-    workers, the compiled-code store, counters, and the drain state.
+    workers, the compiled code and its compilers, counters, and the drain
+    state.
 
     ``own``: the daemon's identity; ``can_change_identity``: whether
     workers may take other identities (root, or CAP_SETUID and
@@ -163,14 +164,14 @@ class Server:
         self,
         config: DaemonConfig,
         scheduler: Scheduler[Any],
-        store: CodeStore | None,
+        compilers: Compilers | None,
         *,
         own: Identity,
         can_change_identity: bool,
     ) -> None:
         self.config = config
         self.scheduler = scheduler
-        self.store = store
+        self.compilers = compilers
         self.own = own
         self.can_change_identity = can_change_identity
         self.connections: set[_ConnectionHandler] = set()
@@ -271,6 +272,8 @@ class Server:
             accept_scope = trio.CancelScope()
             nursery.start_soon(self._accept_loop, lsock, nursery, accept_scope)
             nursery.start_soon(self.scheduler.reap_forever)
+            if self.compilers is not None:
+                nursery.start_soon(self.compilers.reap_forever)
             task_status.started()
             notify("READY=1\nSTATUS=serving")
             why = await self._stops.receive()
@@ -422,8 +425,8 @@ class Server:
 
     def stats(self) -> dict[str, int | float | str]:
         out: dict[str, int | float | str] = dict(self.counters)
-        if self.store is not None:
-            out.update(self.store.summary())
+        if self.compilers is not None:
+            out.update(self.compilers.summary())
         out.update(self.scheduler.stats())
         for uid, n in self.per_uid.items():
             out[f"uid.{uid}.connections"] = n
@@ -841,8 +844,10 @@ class _ConnectionHandler:
         if timeout is not None:
             job.stop.scope.deadline = trio.current_time() + timeout
         try:
+            compilers = server.compilers
+            code_for = compilers.code_for(worker.identity.uid) if compilers else None
             raw = await worker.run(
-                job.payload, job.roles, job.fds, server.store, job.stop, server.config.kill_grace
+                job.payload, job.roles, job.fds, code_for, job.stop, server.config.kill_grace
             )
         except WorkerGone:
             server.counters["daemon.worker_deaths"] += 1

@@ -38,7 +38,7 @@ from typing import Any
 import wasmtime
 from wasmrun.protocol import Error, decode_message, encode_payload
 from wasmrun.protocol.messages import Request
-from wasmrun.runtime import LoadError, RunControl, Runtime, debug
+from wasmrun.runtime import LimitError, LoadError, RunControl, Runtime, debug
 
 from .channel import CANCEL, CANCEL_REASONS, CLOSED, ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
@@ -85,7 +85,10 @@ class RemoteCode:
                 break
             close_fds(fds)
         if not fds:
-            raise wasmtime.WasmtimeError(str(msg.get("error", "no compiled code")))
+            error = str(msg.get("error", "no compiled code"))
+            if msg.get("limit"):  # a bound of the daemon's, not the module's fault
+                raise LimitError(error)
+            raise wasmtime.WasmtimeError(error)
         try:
             return wasmtime.Module.deserialize_file(self.engine, f"/proc/self/fd/{fds[0]}")
         finally:

@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -146,6 +146,7 @@ class Zygote:
 
     async def start(self, store: CodeStore) -> list[str]:
         """Serve the zygote's code requests until it is ready; its preloads."""
+        code_for = compiled_here(store)
         while True:
             try:
                 msg, fds = await self.channel.receive()
@@ -153,7 +154,7 @@ class Zygote:
                 raise SpawnFailed("the zygote exited while starting (see the log)") from None
             op = msg["op"]
             if op == "code":
-                await answer_code(self.channel, store, msg)
+                await answer_code(self.channel, msg, code_for)
             elif op == "ready":
                 return [str(p) for p in msg.get("loaded", ())]
             elif op == "failed":
@@ -165,48 +166,68 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cancel_ours, cancel_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            pid = await self._fork(
+                {
+                    "op": "spawn",
+                    "uid": identity.uid,
+                    "gid": identity.gid,
+                    "groups": list(identity.groups),
+                    "max_fds": limits.max_fds,
+                    "max_data": limits.max_data,
+                },
+                [theirs, cancel_theirs],
+                "a worker",
+            )
+        except SpawnFailed:
+            ours.close()
+            cancel_ours.close()
+            raise
+        cancel_ours.setblocking(False)
+        return Worker(identity, pid, self.kill, AsyncChannel(ours), cancel_ours)
+
+    async def spawn_compiler(self, max_data: int) -> tuple[int, AsyncChannel]:
+        """A new compiler process (see :mod:`wasmrun.daemon.compiler`)
+        whose data may not pass ``max_data`` bytes: its pid and channel."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = await self._fork(
+                {"op": "spawn_compiler", "max_data": max_data}, [theirs], "a compiler"
+            )
+        except SpawnFailed:
+            ours.close()
+            raise
+        return pid, AsyncChannel(ours)
+
+    async def _fork(self, request: dict[str, Any], theirs: list[socket.socket], what: str) -> int:
+        """Have the zygote fork a child given ``theirs`` (closed here);
+        its pid."""
+        try:
             # One spawn at a time (the zygote is serial), and never half of
             # one: a request cancelled between asking and reading the answer
             # would leave the answer for the next spawn, which would then
             # take another worker's pid for its own (and kill that worker
             # when retiring its own). Forking takes milliseconds; the caller
-            # sees its cancellation right after, with the worker in hand.
+            # sees its cancellation right after, with the child in hand.
             with trio.CancelScope(shield=True):
                 async with self._lock:
                     ident = next(self._ids)
                     await self.channel.send(
-                        {
-                            "op": "spawn",
-                            "id": ident,
-                            "uid": identity.uid,
-                            "gid": identity.gid,
-                            "groups": list(identity.groups),
-                            "max_fds": limits.max_fds,
-                            "max_data": limits.max_data,
-                        },
-                        [theirs.fileno(), cancel_theirs.fileno()],
+                        {**request, "id": ident}, [sock.fileno() for sock in theirs]
                     )
-                    theirs.close()
-                    cancel_theirs.close()
+                    for sock in theirs:
+                        sock.close()
                     msg, fds = await self.channel.receive()
         except ChannelError as e:
-            ours.close()
-            cancel_ours.close()
             raise SpawnFailed(f"the zygote is gone ({e})") from None
         finally:
-            theirs.close()
-            cancel_theirs.close()
+            for sock in theirs:
+                sock.close()
         close_fds(fds)
-        if msg.get("id") != ident:  # a bug: say so, never take another's worker
-            ours.close()
-            cancel_ours.close()
+        if msg.get("id") != ident:  # a bug: say so, never take another's child
             raise SpawnFailed(f"internal error: the zygote answered spawn {msg.get('id')!r}")
         if msg["op"] != "spawned":
-            ours.close()
-            cancel_ours.close()
-            raise SpawnFailed(str(msg.get("message", "the zygote could not start a worker")))
-        cancel_ours.setblocking(False)
-        return Worker(identity, int(msg["pid"]), self.kill, AsyncChannel(ours), cancel_ours)
+            raise SpawnFailed(str(msg.get("message", f"the zygote could not start {what}")))
+        return int(msg["pid"])
 
     def kill(self, pid: int) -> None:
         """Have the zygote SIGKILL its child ``pid`` (a few bytes into an
@@ -222,7 +243,12 @@ class Zygote:
         self.kills.close()
 
 
-async def answer_code(channel: AsyncChannel, store: CodeStore, msg: dict[str, Any]) -> None:
+CodeFor = Callable[[bytes], Awaitable[int]]
+"""Compiled code for a module's bytes: a new descriptor of a sealed memfd,
+or CompileFailed."""
+
+
+async def answer_code(channel: AsyncChannel, msg: dict[str, Any], code_for: CodeFor) -> None:
     """Answer a ``code`` request: compiled code for the bytes sent, as a
     sealed memfd, or wasmtime's reason for refusing them."""
     data = msg.get("data")
@@ -230,14 +256,24 @@ async def answer_code(channel: AsyncChannel, store: CodeStore, msg: dict[str, An
         await channel.send({"op": "code", "error": "malformed code request"})
         return
     try:
-        fd = await trio.to_thread.run_sync(store.code_for, data, limiter=_COMPILES)
+        fd = await code_for(data)
     except CompileFailed as e:
-        await channel.send({"op": "code", "error": str(e)})
+        await channel.send({"op": "code", "error": str(e), "limit": e.limit})
         return
     try:
         await channel.send({"op": "code"}, [fd])
     finally:
         os.close(fd)
+
+
+def compiled_here(store: CodeStore) -> CodeFor:
+    """Code compiled in the front itself: only for the configuration's
+    preloads (the zygote asks for them before it can fork a compiler)."""
+
+    async def code_for(data: bytes) -> int:
+        return await trio.to_thread.run_sync(store.code_for, data, limiter=_COMPILES)
+
+    return code_for
 
 
 @attrs.define(eq=False)
@@ -274,7 +310,7 @@ class Worker:
         request: bytes,
         roles: list[str],
         fds: list[int],
-        store: CodeStore | None,
+        code_for: CodeFor | None,
         stop: Stop,
         kill_grace: float,
     ) -> bytes:
@@ -292,14 +328,14 @@ class Worker:
             self.alive = False
             raise WorkerGone(str(e)) from None
         with stop.scope:
-            return await self._serve_until_done(store)
+            return await self._serve_until_done(code_for)
         reason = stop.why()
         try:  # a few bytes into an empty socket buffer: never blocks
             self.cancels.send(CANCEL.pack(number, 1 if reason == "timeout" else 0))
         except OSError:
             pass
         with trio.move_on_after(kill_grace):
-            return await self._serve_until_done(store)
+            return await self._serve_until_done(code_for)
         log.warning(
             "worker %d (%s) did not stop %.1f s after its run was %s: killed",
             self.pid,
@@ -311,7 +347,7 @@ class Worker:
         self.alive = False
         raise WorkerKilled(reason)
 
-    async def _serve_until_done(self, store: CodeStore | None) -> bytes:
+    async def _serve_until_done(self, code_for: CodeFor | None) -> bytes:
         while True:
             try:
                 msg, fds = await self.channel.receive()
@@ -320,9 +356,9 @@ class Worker:
                 raise WorkerDied(str(e)) from None
             close_fds(fds)
             op = msg["op"]
-            if op == "code" and store is not None:
+            if op == "code" and code_for is not None:
                 with trio.CancelScope(shield=True):  # never half an answer
-                    await answer_code(self.channel, store, msg)
+                    await answer_code(self.channel, msg, code_for)
             elif op == "done" and isinstance(msg.get("response"), bytes):
                 return msg["response"]
             else:

@@ -40,7 +40,7 @@ from typing import Any
 
 from .channel import ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
-from .identity import Identity, become, set_parent_death_signal
+from .identity import Identity, IdentityError, become, set_parent_death_signal
 
 log = logging.getLogger("wasmrund")
 
@@ -48,6 +48,9 @@ _REAP_INTERVAL = 1.0  # seconds between reaping exited workers when idle
 
 
 KILL = struct.Struct("<i")
+
+COMPILER_NAME = "wasmrun-compile"
+"""A compiler process's name in ``ps`` (workers keep the daemon's)."""
 
 
 def start(
@@ -137,7 +140,7 @@ def _main(
     # collection walks (and writes) their object headers.
     gc.collect()
     gc.freeze()
-    children: dict[int, str] = {}  # pid -> "worker"
+    children: dict[int, str] = {}  # pid -> "worker" or "compiler"
     killed: set[int] = set()  # killed on the front's request
     pending = b""
     while True:
@@ -178,6 +181,16 @@ def _main(
             )
             if pid:
                 children[pid] = "worker"
+        elif msg["op"] == "spawn_compiler" and len(fds) == 1:
+            pid = _spawn(
+                (channel.sock, kills),
+                channel,
+                msg,
+                "a compiler",
+                functools.partial(_become_compiler, fds[0], msg, config=config, engine=engine),
+            )
+            if pid:
+                children[pid] = "compiler"
         close_fds(fds)
 
 
@@ -288,3 +301,34 @@ def _become_worker(
     channel = SyncChannel(socket.socket(fileno=worker_fds[0]))
     code.channel = channel
     worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config, code)
+
+
+def _become_compiler(
+    fd: int,
+    msg: dict[str, Any],
+    report_fd: int,
+    config: DaemonConfig,
+    engine: Any,
+) -> None:
+    """In the forked child: the front's identity (never more), a memory
+    ceiling, then compile (see :mod:`wasmrun.daemon.compiler`)."""
+    from . import compiler
+    from .identity import can_change_identity, drop_front_privileges, front_identity, name_process
+
+    name_process(COMPILER_NAME)
+    try:
+        _lower_limit(resource.RLIMIT_NOFILE, 64)
+        _lower_limit(resource.RLIMIT_DATA, msg["max_data"])
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        privileged = can_change_identity()
+        drop_front_privileges(front_identity(config.user) if privileged else None, privileged)
+        set_parent_death_signal(signal.SIGKILL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if os.getppid() == 1:
+            raise OSError("the zygote exited")
+    except (OSError, ValueError, KeyError, TypeError, IdentityError) as e:
+        os.write(report_fd, f"cannot set up a compiler: {e}".encode())
+        return
+    os.close(report_fd)
+    sys.stdin = None
+    compiler.serve(SyncChannel(socket.socket(fileno=fd)), engine)

@@ -172,6 +172,20 @@ class DiskCache:
 
     def load(self, digest: str) -> wasmtime.Module | None:
         """The compiled module for a content digest, or None (miss)."""
+        found = self.load_payload(digest)
+        if found is None:
+            return None
+        path, payload = found
+        try:
+            return wasmtime.Module.deserialize(self.engine, payload)
+        except wasmtime.WasmtimeError:
+            self._reject(path)
+            return None
+
+    def load_payload(self, digest: str) -> tuple[Path, bytes] | None:
+        """The entry's path and its serialized code, authenticated and
+        made for this engine, or None (miss). Not deserialized: wasmrund's
+        front lends the bytes to workers as they are."""
         key = self._prepare()
         if key is None:
             return None
@@ -193,17 +207,12 @@ class DiskCache:
             self._reject(path)
             return None
         try:
-            module = wasmtime.Module.deserialize(self.engine, payload)
-        except wasmtime.WasmtimeError:
-            self._reject(path)
-            return None
-        try:
             os.utime(path)  # recently used: last to be evicted
         except OSError:
             pass
         with self._lock:
             self.stats.hits += 1
-        return module
+        return path, payload
 
     def _verify(self, blob: bytes, digest: str, key: bytes) -> bytes | None:
         if len(blob) < len(MAGIC) + 4 + MAC_SIZE or not blob.startswith(MAGIC):
@@ -242,10 +251,16 @@ class DiskCache:
 
     def store(self, digest: str, module: wasmtime.Module) -> int:
         """Serialize and write an entry; returns its size (0 if not written)."""
+        if self._prepare() is None or not self.writable:
+            return 0
+        return self.store_payload(digest, module.serialize())
+
+    def store_payload(self, digest: str, payload: bytes | bytearray) -> int:
+        """Write an entry holding ``payload``, code serialized by this
+        engine's settings; returns its size (0 if not written)."""
         key = self._prepare()
         if key is None or not self.writable:
             return 0
-        payload = module.serialize()
         header = json.dumps(
             {
                 "format": FORMAT,

@@ -18,7 +18,7 @@ import wasmtime
 
 from .codegen import uleb
 from .dylink import DylinkInfo, parse_dylink0, parse_legacy_dylink
-from .errors import LoadError, wasmtime_message
+from .errors import LimitError, LoadError, wasmtime_message
 from .wasmbin import (
     KIND_FUNC,
     KIND_GLOBAL,
@@ -122,12 +122,7 @@ class ModuleImage:
         if not self._compiled:
             with self._lock:
                 if not self._compiled:
-                    try:
-                        self._compiled.append(self._compiler(self.digest, self._data))
-                    except wasmtime.WasmtimeError as e:
-                        raise LoadError(
-                            f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
-                        ) from None
+                    self._compiled.append(self._compile(self.digest, self._data))
         return self._compiled[0]
 
     def relocatable_data(self) -> tuple[tuple[int, int, int], ...] | None:
@@ -188,13 +183,21 @@ class ModuleImage:
                     # neither builds the variant nor hashes it (a CLI run
                     # would pay ~2 ms for libc.so's 800 KB).
                     digest = hashlib.sha256(f"{_DATALESS} {self.digest}".encode()).hexdigest()
-                    try:
-                        self._dataless.append(self._compiler(digest, self._without_active_data))
-                    except wasmtime.WasmtimeError as e:
-                        raise LoadError(
-                            f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
-                        ) from None
+                    self._dataless.append(self._compile(digest, self._without_active_data))
         return self._dataless[0]
+
+    def _compile(self, digest: str, data: ModuleBytes) -> wasmtime.Module:
+        """Compiled code from the compiler this image was given; its
+        failures named after this file. A LimitError comes from a compiler
+        with bounds (wasmrund's): the module is not at fault, its cost is."""
+        try:
+            return self._compiler(digest, data)
+        except wasmtime.WasmtimeError as e:
+            raise LoadError(
+                f"{self.path}: invalid WebAssembly module: {wasmtime_message(str(e))}"
+            ) from None
+        except LimitError as e:
+            raise LimitError(f"{self.path}: {e}") from None
 
     def _without_active_data(self) -> bytes:
         """The variant's bytes. Changing what this makes needs a new

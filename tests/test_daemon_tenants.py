@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 from test_daemon import TIMEOUT, Daemon, start_daemon
+from test_daemon_workers import _compilers, _straight_line_program
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -619,6 +620,29 @@ def _status_fields(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
 
 
+def _compiler_identities(
+    world: World, daemon: Daemon, tenant: Tenant, env: dict[str, str]
+) -> list[dict]:
+    """Have ``tenant`` run a program no cache holds (so it is compiled),
+    then the /proc status fields of the daemon's compiler processes."""
+    program = _straight_line_program(world.root / f"new-{uuid.uuid4().hex}.wasm", 4_321)
+    os.chmod(program, 0o644)
+    done = run_as(tenant, [*WASMRUN, "run", str(program)], env, cwd=world.root)
+    assert (done.returncode, done.stderr) == (0, "")
+    compilers = _compilers(daemon)
+    assert compilers, "the compiler should still be alive (idle)"
+    return [_status_fields(pid) for pid in compilers]
+
+
+def test_compilers_have_the_fronts_identity_and_no_privilege(world: World) -> None:
+    """A tenant's module is compiled in a process as unprivileged as the
+    front (here root's uid without capabilities), never the zygote's."""
+    for fields in _compiler_identities(world, world.daemon, world.tenants[0], world.env()):
+        assert fields["Uid"].split() == ["0"] * 4
+        assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0
+        assert fields["NoNewPrivs"] == "1"
+
+
 def test_only_the_zygote_keeps_privileges(world: World) -> None:
     """The front reads every client's bytes: once the zygote is forked it
     holds no capability (it asks the zygote to kill a worker)."""
@@ -662,3 +686,6 @@ def test_the_front_can_run_as_its_own_user(world: World, front_user: Tenant) -> 
         sleepy = str(world.pub / "sleepy.wasm")
         stuck = run_as(a, [*WASMRUN, "run", "--timeout", "1", sleepy], env, cwd=world.root)
         assert stuck.returncode == 124, stuck.stderr
+        for fields in _compiler_identities(world, d, a, env):
+            assert fields["Uid"].split() == [str(front_user.uid)] * 4
+            assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"] == "1"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_daemon import TIMEOUT, Daemon, start_daemon
+from wasmrun.daemon.zygote import COMPILER_NAME
 
 
 def _children(pid: int) -> list[int]:
@@ -32,9 +33,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _workers(d: Daemon) -> list[int]:
-    """The daemon's live workers: children of its zygote, the front's child."""
-    return [w for z in _children(d.proc.pid) for w in _children(z) if _alive(w)]
+    """The daemon's live workers: children of its zygote, the front's child
+    (the zygote's other children are compilers)."""
+    return [
+        w
+        for z in _children(d.proc.pid)
+        for w in _children(z)
+        if _alive(w) and _comm(w) != COMPILER_NAME
+    ]
+
+
+def _compilers(d: Daemon) -> list[int]:
+    return [
+        c
+        for z in _children(d.proc.pid)
+        for c in _children(z)
+        if _alive(c) and _comm(c) == COMPILER_NAME
+    ]
 
 
 def _cli(d: Daemon, corpus: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
@@ -364,3 +387,106 @@ def test_wasmrun_status_shows_the_daemons_counters(corpus: Path) -> None:
         timeout=TIMEOUT,
     )
     assert gone.returncode == 1 and gone.stderr == f"wasmrun: no wasmrund answers at {d.socket}\n"
+
+
+# -- compiler processes --------------------------------------------------------------
+
+
+def _straight_line_program(path: Path, instructions: int) -> Path:
+    """A non-PIE program whose ``_start`` is ``instructions`` × (local.get;
+    i32.const; i32.add; local.set): valid, and as costly for Cranelift as
+    it is long (7 MB took ~720 MiB and ~5 s to compile on the machine
+    these tests were written on)."""
+
+    def leb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def section(n: int, body: bytes) -> bytes:
+        return bytes([n]) + leb(len(body)) + body
+
+    code = bytes([1, 1, 0x7F]) + bytes([0x20, 0, 0x41, 1, 0x6A, 0x21, 0]) * instructions + b"\x0b"
+    exports = bytes([2]) + leb(6) + b"_start" + bytes([0, 0]) + leb(6) + b"memory" + bytes([2, 0])
+    path.write_bytes(
+        b"\0asm\1\0\0\0"
+        + section(1, bytes([1, 0x60, 0, 0]))  # type 0: () -> ()
+        + section(3, bytes([1, 0]))  # function 0 of type 0
+        + section(5, bytes([1, 0, 1]))  # memory 0: one page
+        + section(7, exports)
+        + section(10, bytes([1]) + leb(len(code)) + code)
+    )
+    return path
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_module_that_exhausts_the_compiler_costs_only_its_request(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Compiling happens in a compiler process capped at compile_memory:
+    a module built to exhaust Cranelift gets its request a one-line error,
+    the front's memory does not move, and the daemon goes on."""
+    heavy = _straight_line_program(tmp_path / "heavy.wasm", 1_000_000)
+    with start_daemon(config=f"compile_memory = {256 << 20}\n") as d:
+        done = _cli(d, corpus, str(heavy))
+        assert done.returncode == 127, done
+        assert done.stderr == (
+            f"wasmrun: {heavy}: cannot compile: the compiler process ran out of memory "
+            "(compile_memory is 256 MiB) or crashed\n"
+        )
+        assert _peak_rss_mib(d.proc.pid) < 200  # ~770 MiB when the front compiled it
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n")
+
+
+def test_a_module_that_compiles_too_long_is_stopped(corpus: Path, tmp_path: Path) -> None:
+    heavy = _straight_line_program(tmp_path / "heavy.wasm", 1_000_000)
+    with start_daemon(config="compile_timeout = 1.0\n") as d:
+        started = time.monotonic()
+        done = _cli(d, corpus, str(heavy))
+        assert time.monotonic() - started < 4.5  # it would take ~5 s
+        assert done.returncode == 127, done
+        assert done.stderr == (
+            f"wasmrun: {heavy}: cannot compile: it took longer than compile_timeout (1 s)\n"
+        )
+        hello = _cli(d, corpus, str(corpus / "hello.wasm"))
+        assert (hello.returncode, hello.stdout) == (0, "hello, world\n")
+        assert "compile.timeouts: 1" in _cli_status(d)
+
+
+def _cli_status(d: Daemon) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "wasmrun.client.cli", "status", "--socket", str(d.socket)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    ).stdout
+
+
+def test_compilers_run_under_their_limits(corpus: Path, tmp_path: Path) -> None:
+    """A compiler has the front's identity (here: ours), no_new_privs, its
+    memory ceiling, and nothing of the zygote's; it stays for the next
+    compile."""
+    with start_daemon(config=f"compile_memory = {1 << 30}\n") as d:
+        for n in (31_337, 31_338):  # new modules: compiled, not found in the cache
+            program = _straight_line_program(tmp_path / f"p{n}.wasm", n)
+            done = _cli(d, corpus, str(program))
+            assert (done.returncode, done.stderr) == (0, "")
+        [compiler] = _compilers(d)
+        [zygote] = _children(d.proc.pid)
+        assert _limits(compiler)["Max data size"] == str(1 << 30)
+        fields = Path(f"/proc/{compiler}/status").read_text()
+        assert "NoNewPrivs:\t1" in fields
+        assert f"Uid:\t{os.getuid()}\t" in fields
+        shared = _open_files(compiler) & _open_files(zygote)
+        assert {f for f in shared if f.startswith("socket:")} == set()
+        assert "compile.processes_started: 1" in _cli_status(d)
