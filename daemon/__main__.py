@@ -194,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory_budget=config.memory_budget,
         fuel=config.fuel,
     )
-    store = CodeStore(front_runtime.cache, config.memory_budget)
+    # A quarter of the descriptors at most for kept code: the rest are for
+    # connections, workers and the requests' own descriptors.
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    store = CodeStore(front_runtime.cache, config.memory_budget, min(4096, max(16, nofile // 4)))
     handle = Zygote(zygote_pid, zygote_sock, zygote_kills)
     worker_limits = WorkerLimits(
         max_fds=config.worker_max_fds, max_data=config.effective_worker_memory

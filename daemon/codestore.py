@@ -60,12 +60,16 @@ def sealed_memfd(name: str, data: bytes | bytearray) -> int:
 
 class CodeStore:
     """digest -> sealed memfd of serialized code, least recently used first
-    out once the memfds pass ``budget_bytes``. Thread-safe: compiles run in
-    threads of the front."""
+    out once the memfds pass ``budget_bytes`` or their number passes
+    ``max_entries``. Thread-safe: lookups and compiles run in threads of
+    the front."""
 
-    def __init__(self, cache: ModuleCache, budget_bytes: int) -> None:
+    def __init__(self, cache: ModuleCache, budget_bytes: int, max_entries: int = 4096) -> None:
         self.cache = cache  # compiles, and reads/writes the disk cache
         self.budget_bytes = budget_bytes
+        # Each entry holds a descriptor: bytes alone would let a tenant's
+        # stream of small new modules exhaust the front's descriptors.
+        self.max_entries = max_entries
         self._entries: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -143,7 +147,9 @@ class CodeStore:
             payload = os.pread(fd, size, 0) if self.cache.disk is not None else None
         except OSError as e:
             os.close(fd)
-            raise CompileFailed(f"unusable code from the compiler process: {e}") from None
+            raise CompileFailed(
+                f"cannot compile: unusable code from the compiler process ({e})", limit=True
+            ) from None
         return self._insert(digest, fd, payload, True)
 
     def _insert(self, digest: str, fd: int, payload: bytes | bytearray | None, new: bool) -> int:
@@ -167,7 +173,9 @@ class CodeStore:
         return answer
 
     def _evict(self) -> None:
-        while self._bytes > self.budget_bytes and len(self._entries) > 1:
+        while len(self._entries) > 1 and (
+            self._bytes > self.budget_bytes or len(self._entries) > self.max_entries
+        ):
             _, (fd, size) = self._entries.popitem(last=False)
             self._bytes -= size
             os.close(fd)  # workers that mapped it keep their pages
