@@ -11,7 +11,11 @@ N client threads, each with its own connections, loop over a weighted mix:
 * ``timeout``: an endless loop with a 100 ms timeout (answer: 124);
 * ``killed``: a client that starts a run and vanishes mid-run;
 * ``garbage``: random bytes instead of a frame (answer: protocol error);
-* ``slow``: 400 KiB of output into a pipe the client reads slowly.
+* ``slow``: 400 KiB of output into a pipe the client reads slowly;
+* ``compile``: a program no cache holds yet (a new one each time), so a
+  compiler process compiles it (answer: exit 0);
+* ``bomb``: a 7 MB module that needs more than the soak's ``compile_memory``
+  (256 MiB) to compile (answer: load error, "cannot compile").
 
 Beside them ``--idle`` connections stay open and silent all along, and
 ``--half`` connections each send half a frame and go silent (the daemon
@@ -28,6 +32,7 @@ import argparse
 import array
 import collections
 import importlib.util
+import itertools
 import os
 import random
 import shutil
@@ -53,14 +58,27 @@ _spec.loader.exec_module(bench)
 _ROLES = ["stdout", "stderr", "program"]
 
 from toolchain.corpus import build_corpus  # noqa: E402
+from toolchain.synthetic import straight_line_program  # noqa: E402
 
-MIX = {"hello": 40, "dlopen": 15, "trap": 10, "timeout": 8, "killed": 7, "garbage": 10, "slow": 10}
+MIX = {
+    "hello": 40,
+    "dlopen": 15,
+    "trap": 10,
+    "timeout": 8,
+    "killed": 7,
+    "garbage": 10,
+    "slow": 10,
+    "compile": 3,
+    "bomb": 1,
+}
+_NEW_PROGRAMS = itertools.count(10_000)  # straight-line programs of these lengths
 
 
 def start_daemon(directory: Path, corpus: Path, max_requests: int = 500) -> subprocess.Popen:
     config = (
         "idle_timeout = 3600.0\nmax_connections_per_uid = 1000\nqueue_per_uid = 1000\n"
         f"worker_max_requests = {max_requests}\nframe_timeout = 2.0\n"
+        f"compile_memory = {256 << 20}\n"
     )
     proc, _ = bench.start_daemon(directory, corpus, os.cpu_count() or 1, config=config)
     return proc
@@ -168,6 +186,23 @@ def scenario(
         if (reply.fields["exit_code"], out) != expected[kind]:
             return f"exit {reply.fields['exit_code']}, {len(out)} bytes of output differ", None
         return None, None
+    if kind in ("compile", "bomb"):
+        n = next(_NEW_PROGRAMS) if kind == "compile" else 1_000_000
+        program = Path(path).parent / f"{kind}-{n}-{threading.get_ident()}.wasm"
+        program.write_bytes(straight_line_program(n))
+        try:
+            reply, _ = run(path, program)
+        finally:
+            program.unlink()
+        if kind == "compile":
+            if reply is None or reply.fields.get("exit_code") != 0 or reply.type != "run_result":
+                return f"reply {reply and reply.fields}", None
+            return None, None
+        if reply is None or "cannot compile: the compiler process ran out of memory" not in str(
+            reply.fields.get("message")
+        ):
+            return f"reply {reply and reply.fields}", None
+        return None, "cannot compile"
     if kind == "trap":
         reply, _ = run(path, corpus / "trap.wasm")
         if reply is None or reply.fields.get("kind") != "trap":
@@ -234,15 +269,18 @@ def snapshot(front: int) -> dict[str, tuple[int, int, int]]:
     zygotes = _children(front)
     if zygotes:
         out["zygote"] = _status(zygotes[0])
-        workers = [w for w in _children(zygotes[0])]
-        total = [0, 0, 0]
-        for w in workers:
-            try:
-                for i, v in enumerate(_status(w)):
-                    total[i] += v
-            except (OSError, KeyError):
-                pass
-        out[f"workers ({len(workers)})"] = (total[0], total[1], total[2])
+        children = _children(zygotes[0])
+        compilers = [c for c in children if bench._is_compiler(c)]
+        workers = [w for w in children if w not in compilers]
+        for name, pids in ((f"workers ({len(workers)})", workers), ("compilers", compilers)):
+            total = [0, 0, 0]
+            for pid in pids:
+                try:
+                    for i, v in enumerate(_status(pid)):
+                        total[i] += v
+                except (OSError, KeyError):
+                    pass
+            out[name] = (total[0], total[1], total[2])
     return out
 
 
@@ -367,6 +405,12 @@ def main() -> int:
             f"   workers started {stats.get('workers.spawned')}, retired "
             f"{stats.get('workers.retired')}; killed {stats.get('daemon.killed')} "
             f"(runs that did not stop in time), died {stats.get('daemon.worker_deaths')}"
+        )
+        print(
+            f"   compiler processes started {stats.get('compile.processes_started')}; "
+            f"compiled {stats.get('compile.compiled')}, died {stats.get('compile.deaths')} "
+            f"(bombs), timed out {stats.get('compile.timeouts')}; code kept "
+            f"{stats.get('code.entries')} entries, {stats.get('code.bytes', 0) / 2**20:.1f} MiB"
         )
         print(f"   idle connections still open at the end: {still_open} of {ns.idle}")
         print(f"   half-sent frames cut by the daemon: {cut[0]} ({ns.half} kept in flight)")

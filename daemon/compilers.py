@@ -98,7 +98,7 @@ class Compilers:
     async def _compile(self, data: bytes) -> int:
         """A memfd of code from a compiler process (unsealed: the store
         seals it)."""
-        compiler = self._idle.pop() if self._idle else await self._start()
+        compiler = await self._take()
         answer: tuple[dict[str, Any], list[int]] | None = None
         try:
             await compiler.channel.send({"op": "compile", "data": data})
@@ -140,6 +140,17 @@ class Compilers:
             raise CompileFailed(str(msg.get("error")))  # wasmtime's reason, as in process
         self._discard(compiler)
         raise CompileFailed(f"internal error: unexpected answer {op!r} from a compiler")
+
+    async def _take(self) -> _Compiler:
+        """The most recently used idle compiler, or a new one. One that
+        ended while idle (an administrator, the OOM killer) is dropped
+        here, so that it costs no compile the error of its death."""
+        while self._idle:
+            compiler = self._idle.pop()
+            if not compiler.channel.readable_now():
+                return compiler
+            self._discard(compiler)
+        return await self._start()
 
     async def _start(self) -> _Compiler:
         try:

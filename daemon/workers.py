@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -74,6 +75,13 @@ class AsyncChannel:
             except OSError as e:
                 raise ChannelError(f"receive: {e.strerror}") from None
             self.splitter.take(data, anc)
+
+    def readable_now(self) -> bool:
+        """Whether the other end sent something or closed, without
+        waiting: on an idle channel, whose other end has nothing to say,
+        it means that end is gone."""
+        readable, _, _ = select.select([self.sock.fileno()], [], [], 0)
+        return bool(readable)
 
     def close(self) -> None:
         self.splitter.close()

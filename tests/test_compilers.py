@@ -28,6 +28,7 @@ class FakeCompiler:
     pid: int
     zygote: FakeZygote
     closed: bool = False
+    ended: bool = False  # the process is gone (its channel reads EOF)
     pending: bytes | None = None
 
     async def send(self, message: dict[str, Any], fds: Any = ()) -> None:
@@ -52,6 +53,9 @@ class FakeCompiler:
         finally:
             self.zygote.compiling.discard(data)
             self.zygote.compiled.append(data)
+
+    def readable_now(self) -> bool:
+        return self.ended
 
     def close(self) -> None:
         self.closed = True
@@ -154,6 +158,15 @@ async def test_a_compiler_that_dies_costs_only_its_compile(autojump_clock) -> No
     assert zygote.compilers[0].closed
     await compilers.code(b"ok", uid=1)
     assert len(zygote.compilers) == 2 and compilers.counters["compile.deaths"] == 1
+
+
+async def test_a_compiler_that_ended_while_idle_costs_no_compile(autojump_clock) -> None:
+    compilers, zygote, _ = make()
+    await compilers.code(b"ok1", uid=1)
+    zygote.compilers[0].ended = True  # killed by an administrator meanwhile
+    await compilers.code(b"ok2", uid=1)
+    assert len(zygote.compilers) == 2 and zygote.compilers[0].closed
+    assert compilers.counters["compile.deaths"] == 0
 
 
 async def test_a_cancelled_compile_does_not_return_its_process(autojump_clock) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_daemon import TIMEOUT, Daemon, start_daemon
 from wasmrun.daemon.zygote import COMPILER_NAME
+from wasmrun.toolchain.synthetic import straight_line_program
 
 
 def _children(pid: int) -> list[int]:
@@ -393,32 +394,7 @@ def test_wasmrun_status_shows_the_daemons_counters(corpus: Path) -> None:
 
 
 def _straight_line_program(path: Path, instructions: int) -> Path:
-    """A non-PIE program whose ``_start`` is ``instructions`` × (local.get;
-    i32.const; i32.add; local.set): valid, and as costly for Cranelift as
-    it is long (7 MB took ~720 MiB and ~5 s to compile on the machine
-    these tests were written on)."""
-
-    def leb(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def section(n: int, body: bytes) -> bytes:
-        return bytes([n]) + leb(len(body)) + body
-
-    code = bytes([1, 1, 0x7F]) + bytes([0x20, 0, 0x41, 1, 0x6A, 0x21, 0]) * instructions + b"\x0b"
-    exports = bytes([2]) + leb(6) + b"_start" + bytes([0, 0]) + leb(6) + b"memory" + bytes([2, 0])
-    path.write_bytes(
-        b"\0asm\1\0\0\0"
-        + section(1, bytes([1, 0x60, 0, 0]))  # type 0: () -> ()
-        + section(3, bytes([1, 0]))  # function 0 of type 0
-        + section(5, bytes([1, 0, 1]))  # memory 0: one page
-        + section(7, exports)
-        + section(10, bytes([1]) + leb(len(code)) + code)
-    )
+    path.write_bytes(straight_line_program(instructions))
     return path
 
 
@@ -490,3 +466,19 @@ def test_compilers_run_under_their_limits(corpus: Path, tmp_path: Path) -> None:
         shared = _open_files(compiler) & _open_files(zygote)
         assert {f for f in shared if f.startswith("socket:")} == set()
         assert "compile.processes_started: 1" in _cli_status(d)
+
+
+def test_a_compiler_killed_while_idle_costs_no_request(corpus: Path, tmp_path: Path) -> None:
+    with start_daemon() as d:
+        first = _cli(d, corpus, str(_straight_line_program(tmp_path / "a.wasm", 31_401)))
+        assert first.returncode == 0, first
+        [compiler] = _compilers(d)
+        pidfd = os.pidfd_open(compiler)
+        try:
+            os.kill(compiler, signal.SIGKILL)  # as the OOM killer would
+            assert select.select([pidfd], [], [], TIMEOUT)[0]  # it has ended
+        finally:
+            os.close(pidfd)
+        second = _cli(d, corpus, str(_straight_line_program(tmp_path / "b.wasm", 31_402)))
+        assert (second.returncode, second.stderr) == (0, "")
+        assert "compile.processes_started: 2" in _cli_status(d)
