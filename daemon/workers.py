@@ -2,13 +2,13 @@
 worker's channel, and running one request on a worker with a hard stop.
 
 A worker serves one request at a time. While it runs, the front answers its
-requests for compiled code (:class:`~wasmrun.daemon.codestore.CodeStore`,
-in a thread) and watches two things: the client cancelling, and the run's
-timeout. Either sends the worker ``cancel`` (the guest stops at its next
-epoch check); a worker that has not answered ``kill_grace`` seconds later
-(a guest blocked in a host call: ``sleep``, a FIFO) is killed by the
-zygote, its parent, and the request is answered as the timeout or
-cancellation it is.
+requests for compiled code (from :class:`~wasmrun.daemon.codestore.CodeStore`,
+or a compiler process: :mod:`wasmrun.daemon.compilers`) and watches two
+things: the client cancelling, and the run's timeout. Either sends the
+worker ``cancel`` (the guest stops at its next epoch check); a worker that
+has not answered ``kill_grace`` seconds later (a guest blocked in a host
+call: ``sleep``, a FIFO) is killed by the zygote, its parent, and the
+request is answered as the timeout or cancellation it is.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from .zygote import KILL
 log = logging.getLogger("wasmrund")
 
 _COMPILES = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
-"""Compilations at once in the front: one per core, whatever asks."""
+"""Compilations at once in the front itself (the configuration's preloads,
+at start): one per core."""
 
 
 class AsyncChannel:

@@ -15,8 +15,12 @@ identity): the front drops its own privileges once the zygote is forked,
 and asks the zygote to kill a worker that will not stop. The zygote never
 reads a byte a client sent.
 
+It also forks the front's compiler processes (:mod:`wasmrun.daemon.compiler`):
+its engine has never compiled, so theirs starts its compiler threads fresh.
+
 Channel messages: front -> zygote ``spawn`` (an identity, limits, and the
-worker's ends of its job and cancel sockets); zygote -> front ``code``
+worker's ends of its job and cancel sockets) or ``spawn_compiler`` (a
+memory limit and the compiler's end of its channel); zygote -> front ``code``
 (preloads), ``ready``/``failed`` once, ``spawned`` (the pid) or
 ``spawn_failed``. On a second socket the front sends kill requests: 4-byte
 pids. The zygote kills only its own children that it has not reaped yet,
