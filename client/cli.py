@@ -72,6 +72,19 @@ def _default_signals() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
+def _die_of(signum: int, status: int) -> int:
+    """Die of ``signum`` as the guest would have natively (SIGPIPE: its
+    output's reader went away); ``status`` if that signal does not kill."""
+    import signal
+
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return status
+
+
 def _guest_env(pairs: list[tuple[str, str | None]]) -> dict[str, str]:
     env: dict[str, str] = {}
     for name, value in pairs:
@@ -210,6 +223,8 @@ def _remote(
     if reply.type == "error":
         if fields["kind"] == "cancelled" and session.interrupted:
             return EXIT_CANCELLED  # our own Ctrl-C: quiet, as in process
+        if fields["kind"] == "signal":  # as in process: we die of it, silently
+            return _die_of(int(fields["exit_code"]) - 128, int(fields["exit_code"]))
         if fields["kind"] == "load" and fields["message"].endswith(NOT_VISIBLE):
             return -1  # the daemon cannot see our file (private /tmp...): run here
         message = display(fields["message"])

@@ -39,6 +39,7 @@ EXIT_CODES = {
     "busy": 75,
     "shutdown": 69,
     "exit": 1,
+    "signal": 141,
 }
 
 

@@ -84,6 +84,13 @@ def effective_limits(config: DaemonConfig, asked: Limits) -> Effective:
 
 
 NOT_VISIBLE = "(not visible to wasmrund)"
+
+SIGPIPE_REASON = "sigpipe"
+"""A run's stop reason when its guest wrote to a pipe (or socket) whose
+reader went away: a native program dies of SIGPIPE there, and so does
+``wasmrun`` in process; a worker stops the guest instead (see worker.py),
+and the client dies of the signal."""
+_SIGPIPE_MESSAGE = "killed by SIGPIPE (its output's reader went away)"
 """Ends the message for a file the client opened but the daemon cannot see
 at its path (a private /tmp, another mount namespace, a rename): nothing
 ran, so the client runs the request in its own process instead."""
@@ -153,6 +160,8 @@ def error_for(exc: BaseException, request_id: int) -> Error:
     """A runtime failure as the protocol's typed error, with the text the
     in-process CLI prints (the client adds the same "wasmrun: " prefix)."""
     if isinstance(exc, RunInterrupted):
+        if exc.reason == SIGPIPE_REASON:
+            return Error(request_id=request_id, kind="signal", message=_SIGPIPE_MESSAGE)
         kind = {"timeout": "timeout", "cancelled": "cancelled"}.get(exc.reason, "limit")
         return Error(request_id=request_id, kind=kind, message=_fit(str(exc)))
     if isinstance(exc, LoadError):  # including LimitError: 127, as in process
@@ -206,6 +215,8 @@ def _raise_if_stopped(control: RunControl) -> None:
     reason = control.reason
     if reason == "timeout":
         raise RunInterrupted(reason, f"run timed out after {control.timeout:g} s")
+    if reason == SIGPIPE_REASON:
+        raise RunInterrupted(reason, _SIGPIPE_MESSAGE)
     if reason is not None:
         raise RunInterrupted(reason, f"run {reason}")
 

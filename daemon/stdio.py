@@ -40,6 +40,7 @@ import fcntl
 import os
 import queue
 import select
+import signal
 import stat
 import threading
 from collections.abc import Callable, Mapping
@@ -150,6 +151,8 @@ class _ThreadPool:
         worker.start()
 
     def _work(self, task: Callable[[], None]) -> None:
+        # A relay's EPIPE is not a guest's write (worker._watch_for_sigpipe).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         while True:
             task()
             with self._lock:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -42,7 +43,7 @@ from wasmrun.runtime import LimitError, LoadError, RunControl, Runtime, debug
 
 from .channel import CANCEL, CANCEL_REASONS, CLOSED, ChannelError, SyncChannel, close_fds
 from .config import DaemonConfig
-from .execute import Job, error_for, execute, stopped_error
+from .execute import SIGPIPE_REASON, Job, error_for, execute, stopped_error
 from .stdio import StdioRelay
 
 log = logging.getLogger("wasmrund")
@@ -127,6 +128,39 @@ class _Current:
             elif number > self.number:
                 self.early = (number, reason)
 
+    def cancel_running(self, reason: str) -> None:
+        """Stop the job running now, if any."""
+        with self.lock:
+            if self.control is not None:
+                self.control.cancel(reason)
+
+
+def _watch_for_sigpipe(current: _Current) -> None:
+    """A guest's write to a pipe or socket whose reader went away stops
+    its run as SIGPIPE would stop a native program (and ``wasmrun`` in
+    process): the client then dies of SIGPIPE itself. Without this, the
+    guest would get EPIPE, and one that ignores it (most C programs do)
+    would run on to its timeout: ``wasmrun run yes.wasm | head`` would hang.
+
+    The signal is raised in the thread that wrote: the guest's (the main
+    thread, or a thread wasmtime started from it). Python's C-level handler
+    writes its number to the wakeup pipe at once, even while the main
+    thread is inside wasmtime; this thread reads it and stops the run at
+    its next epoch check. The worker's own threads that write to clients'
+    pipes (the stdio relay's) block SIGPIPE: their EPIPE is not the
+    guest's write. Call from the main thread."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(r, True)
+    signal.signal(signal.SIGPIPE, lambda *_: None)  # the Python-level part: nothing to do
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(r, 64):
+            if signal.SIGPIPE in data:
+                current.cancel_running(SIGPIPE_REASON)
+
+    threading.Thread(target=watch, name="wasmrund-sigpipe", daemon=True).start()
+
 
 def _listen_for_cancels(sock: socket.socket, current: _Current) -> None:
     """The cancel thread: stop the current run when the front says so. A
@@ -159,6 +193,7 @@ def serve(
     threading.Thread(
         target=_listen_for_cancels, args=(cancels, current), name="wasmrund-cancel", daemon=True
     ).start()
+    _watch_for_sigpipe(current)
     while True:
         try:
             msg, fds = channel.receive()

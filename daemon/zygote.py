@@ -291,9 +291,8 @@ def _become_worker(
         # After the identity change: the kernel clears the parent-death
         # signal when credentials change.
         set_parent_death_signal(signal.SIGKILL)
-        # A guest writing to a pipe its reader closed gets EPIPE, as in
-        # process (Python ignores SIGPIPE), instead of the worker dying and
-        # its client reading "died unexpectedly" (`wasmrun run ... | head`).
+        # Never the worker's death: worker.serve then stops the guest that
+        # wrote to a pipe nobody reads, as SIGPIPE would stop a native program.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if os.getppid() == 1:
             raise OSError("the zygote exited")

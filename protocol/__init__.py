@@ -109,7 +109,8 @@ pong            version     int >= 0                       1
 error           request_id  id|nil (nil: the connection)   nil
                 kind        protocol|load|trap|limit|      *required*
                             timeout|cancelled|internal|
-                            refused|busy|shutdown|exit
+                            refused|busy|shutdown|exit|
+                            signal
                 message     str (one line, by convention)  *required*
                 exit_code   int 1..255                     by kind (EXIT_CODES)
 ==============  ==========  =============================  ===================
@@ -120,8 +121,11 @@ response of its own: the cancelled request ends with an ``error`` of kind
 what the client exits with: 127 load, 134 trap, 137 limit, 124 timeout,
 130 cancelled, 70 internal, 76 protocol, 76 refused (a uid the daemon does
 not serve), 75 busy (a cap or a full queue: retry), 69 shutdown (the daemon
-is stopping), and for ``exit`` (a guest called ``exit(N)`` where no status
-was expected, as in ``wasmrun call``) N itself.
+is stopping), for ``exit`` (a guest called ``exit(N)`` where no status
+was expected, as in ``wasmrun call``) N itself, and for ``signal`` 128 + the
+signal a native program would have died of (141: the guest wrote to a pipe
+nobody reads any more, SIGPIPE); the client then dies of that signal itself,
+silently, as ``wasmrun`` does in process.
 
 Example: ``Ping(request_id=7)`` is the 30-byte frame ``00 00 00 1a`` followed
 by the 26 bytes of msgpack ``{"v": 1, "type": "ping", "request_id": 7}``.

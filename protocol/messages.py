@@ -97,6 +97,7 @@ ERROR_KINDS = (
     "busy",
     "shutdown",
     "exit",
+    "signal",
 )
 """What failed, for ``Error.kind``."""
 
@@ -113,6 +114,7 @@ EXIT_CODES: Mapping[str, int] = MappingProxyType(
         "busy": 75,  # EX_TEMPFAIL: too many connections or queued requests; retry
         "shutdown": 69,  # EX_UNAVAILABLE: the daemon is stopping; retry later
         "exit": 1,  # the guest called exit(N) where no status was expected: N
+        "signal": 141,  # 128 + SIGPIPE: a native program would have died of it
     }
 )
 """The exit status ``Error.exit_code`` defaults to for each kind, chosen to

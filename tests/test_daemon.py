@@ -452,12 +452,11 @@ def _head(daemon: Daemon | None, corpus: Path) -> tuple[int, bytes, str]:
 
 
 def test_a_guest_writing_into_a_closed_pipe_does_not_kill_its_worker(daemon: Daemon, corpus: Path):
-    """Through the daemon the guest's write fails with EPIPE and the run
-    ends as the guest decides (loud.c ignores write errors: status 0); its
-    worker does not die of SIGPIPE, which answered "died unexpectedly" (70).
-    In process, the wasmrun process itself gets the SIGPIPE, as a native
-    program does."""
-    assert _head(daemon, corpus) == (0, b"line 0000000000 of o", "")
+    """The guest dies of SIGPIPE, and wasmrun with it, the same way in
+    process (the kernel kills wasmrun) and through the daemon (the worker
+    stops the guest, the client kills itself); the worker itself does not
+    die of it, which answered "died unexpectedly" (70)."""
+    assert _head(daemon, corpus) == (-signal.SIGPIPE, b"line 0000000000 of o", "")
     assert _head(None, corpus) == (-signal.SIGPIPE, b"line 0000000000 of o", "")
     p = client(daemon, "run", "-L", str(corpus), str(corpus / "hello.wasm"))
     assert (p.returncode, p.stdout) == (0, "hello, world\n")  # the worker goes on
@@ -565,6 +564,44 @@ def test_the_client_imports_little_on_the_daemon_path(daemon: Daemon, corpus: Pa
     )
     assert p.stdout == "hello, world\n"
     assert p.stderr.strip() == "0 []"
+
+
+@pytest.mark.parametrize("through_daemon", [True, False], ids=["daemon", "in process"])
+def test_a_guest_writing_to_a_closed_pipe_dies_of_sigpipe(
+    daemon: Daemon, corpus: Path, through_daemon: bool
+) -> None:
+    """``wasmrun run yes.wasm | head -1``: once the reader is gone the guest
+    dies of SIGPIPE, as a native program does, and ``wasmrun`` with it,
+    silently; never runs on (ignoring EPIPE) to its timeout. In process the
+    kernel kills ``wasmrun``; through the daemon the worker stops the guest
+    and the client dies of the signal."""
+    extra = ["--socket", str(daemon.socket)] if through_daemon else ["--no-daemon"]
+    r, w = os.pipe()
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "wasmrun.client.cli", "run", *extra, "--timeout", "20"]
+        + ["-L", str(corpus), str(corpus / "yes.wasm")],
+        stdin=subprocess.DEVNULL,
+        stdout=w,
+        stderr=subprocess.PIPE,
+    )
+    os.close(w)
+    with open(r, "rb") as reader:  # head -1
+        assert _first_line(reader) == b"y\n"
+    _, err = runner.communicate(timeout=TIMEOUT)
+    assert (runner.returncode, err) == (-signal.SIGPIPE, b"")  # a timeout: 124
+
+
+def test_sigpipe_ends_only_the_run_that_wrote(daemon: Daemon, corpus: Path) -> None:
+    """The worker that stopped a guest for SIGPIPE serves the next request."""
+    r, w = os.pipe()
+    os.close(r)  # nobody will ever read
+    try:
+        msg = raw_run(daemon, corpus / "yes.wasm", stdout=w, limits=Limits(timeout_ms=20_000))
+    finally:
+        os.close(w)
+    assert isinstance(msg, Error) and (msg.kind, msg.exit_code) == ("signal", 141), msg
+    p = client(daemon, "run", "-L", str(corpus), str(corpus / "hello.wasm"))
+    assert (p.returncode, p.stdout) == (0, "hello, world\n")
 
 
 # -- cancellation -----------------------------------------------------------------------
