@@ -12,6 +12,8 @@ N client threads, each with its own connections, loop over a weighted mix:
 * ``killed``: a client that starts a run and vanishes mid-run;
 * ``garbage``: random bytes instead of a frame (answer: protocol error);
 * ``slow``: 400 KiB of output into a pipe the client reads slowly;
+* ``sigpipe``: an endless writer whose reader goes away after one read
+  (answer: signal, 141, as a native program dies of SIGPIPE);
 * ``compile``: a program no cache holds yet (a new one each time), so a
   compiler process compiles it (answer: exit 0);
 * ``bomb``: a 7 MB module that needs more than the soak's ``compile_memory``
@@ -68,6 +70,7 @@ MIX = {
     "killed": 7,
     "garbage": 10,
     "slow": 10,
+    "sigpipe": 5,
     "compile": 3,
     "bomb": 1,
 }
@@ -203,6 +206,26 @@ def scenario(
         ):
             return f"reply {reply and reply.fields}", None
         return None, "cannot compile"
+    if kind == "sigpipe":
+        conn = Conn(path)
+        r, w = os.pipe()
+        prog = os.open(corpus / "yes.wasm", os.O_RDONLY)
+        try:
+            conn.send(bench.run_frame(corpus / "yes.wasm", [], _ROLES, 1, 20_000), [w, w, prog])
+            os.close(w)
+            w = -1
+            os.read(r, 4096)  # the first lines, then the reader goes away
+            os.close(r)
+            r = -1
+            reply = conn.reply()
+        finally:
+            for fd in (r, w, prog):
+                if fd >= 0:
+                    os.close(fd)
+            conn.close()
+        if reply is None or reply.fields.get("kind") != "signal":
+            return f"reply {reply and reply.fields}", None
+        return None, "signal"
     if kind == "trap":
         reply, _ = run(path, corpus / "trap.wasm")
         if reply is None or reply.fields.get("kind") != "trap":
