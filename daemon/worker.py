@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -135,7 +136,7 @@ class _Current:
                 self.control.cancel(reason)
 
 
-def _watch_for_sigpipe(current: _Current) -> None:
+class _SigpipeWatch:
     """A guest's write to a pipe or socket whose reader went away stops
     its run as SIGPIPE would stop a native program (and ``wasmrun`` in
     process): the client then dies of SIGPIPE itself. Without this, the
@@ -145,21 +146,68 @@ def _watch_for_sigpipe(current: _Current) -> None:
     The signal is raised in the thread that wrote: the guest's (the main
     thread, or a thread wasmtime started from it). Python's C-level handler
     writes its number to the wakeup pipe at once, even while the main
-    thread is inside wasmtime; this thread reads it and stops the run at
-    its next epoch check. The worker's own threads that write to clients'
+    thread is inside wasmtime; a thread of ours reads it and stops the run
+    at its next epoch check. The worker's threads that write to clients'
     pipes (the stdio relay's) block SIGPIPE: their EPIPE is not the
-    guest's write. Call from the main thread."""
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    os.set_blocking(r, True)
-    signal.signal(signal.SIGPIPE, lambda *_: None)  # the Python-level part: nothing to do
-    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    guest's write.
 
-    def watch() -> None:
-        while data := os.read(r, 64):
-            if signal.SIGPIPE in data:
-                current.cancel_running(SIGPIPE_REASON)
+    Signals belong to the job during which they were raised: the pipe is
+    drained (and what it held dropped) as a job starts, and read again
+    whenever the job's outcome is decided (:class:`_WorkerControl`), all
+    under one lock with the reading thread, so a late read never stops the
+    next job, and a guest that ends right after its failed write still
+    ends as killed by SIGPIPE. Create from the main thread."""
 
-    threading.Thread(target=watch, name="wasmrund-sigpipe", daemon=True).start()
+    def __init__(self, current: _Current) -> None:
+        self.current = current
+        self.lock = threading.Lock()
+        self._r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGPIPE, lambda *_: None)  # the Python-level part: nothing
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="wasmrund-sigpipe", daemon=True).start()
+
+    def _raised(self) -> bool:
+        """Whether SIGPIPE was raised since the last read (call locked)."""
+        raised = False
+        try:
+            while data := os.read(self._r, 256):
+                raised = raised or signal.SIGPIPE in data
+        except BlockingIOError:
+            pass
+        return raised
+
+    def _watch(self) -> None:
+        while True:
+            select.select([self._r], [], [])
+            with self.lock:
+                if self._raised():
+                    self.current.cancel_running(SIGPIPE_REASON)
+
+    def start(self, number: int, control: RunControl) -> None:
+        """The job ``number`` starts: what was raised before is not its."""
+        with self.lock:
+            self._raised()
+            self.current.start(number, control)
+
+    def settle(self, control: RunControl) -> None:
+        """Account for what was raised but not read yet, to ``control``."""
+        with self.lock:
+            if self._raised():
+                control.cancel(SIGPIPE_REASON)
+
+
+class _WorkerControl(RunControl):
+    """A job's RunControl whose stop reason counts SIGPIPEs raised by the
+    guest up to the moment it is read (see :class:`_SigpipeWatch`)."""
+
+    def __init__(self, watch: _SigpipeWatch) -> None:
+        super().__init__()
+        self._watch = watch
+
+    @property
+    def reason(self) -> str | None:
+        self._watch.settle(self)
+        return super().reason
 
 
 def _listen_for_cancels(sock: socket.socket, current: _Current) -> None:
@@ -193,7 +241,7 @@ def serve(
     threading.Thread(
         target=_listen_for_cancels, args=(cancels, current), name="wasmrund-cancel", daemon=True
     ).start()
-    _watch_for_sigpipe(current)
+    sigpipe = _SigpipeWatch(current)
     while True:
         try:
             msg, fds = channel.receive()
@@ -206,8 +254,8 @@ def serve(
             if msg["op"] == "exit":
                 return
             continue
-        control = RunControl()
-        current.start(int(msg.get("number", 0)), control)
+        control = _WorkerControl(sigpipe)
+        sigpipe.start(int(msg.get("number", 0)), control)
         try:
             response = run_job(runtime, config, msg, fds, control)
         finally:

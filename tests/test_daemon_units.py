@@ -412,3 +412,40 @@ def test_between_jobs_a_worker_asks_the_front_for_no_code() -> None:
     with code.between_jobs(), pytest.raises(CodeUnavailable):
         code("digest", b"\0asm\1\0\0\0")
     assert channel.sent == [] and not code.offline
+
+
+SIGPIPE_SCRIPT = """
+import os, signal
+from wasmrun.daemon import worker
+
+current = worker._Current()
+watch = worker._SigpipeWatch(current)
+
+# Job 1 writes to a pipe nobody reads (SIGPIPE) and ends right after, before
+# the watching thread could read the signal: its outcome still counts it.
+one = worker._WorkerControl(watch)
+watch.start(1, one)
+with watch.lock:  # the watching thread cannot read meanwhile
+    os.kill(os.getpid(), signal.SIGPIPE)
+print("job 1:", one.reason)
+current.end()
+
+# A signal raised after job 1's outcome, read late: never job 2's.
+with watch.lock:
+    os.kill(os.getpid(), signal.SIGPIPE)
+two = worker._WorkerControl(watch)
+watch.start(2, two)
+print("job 2:", two.reason)
+"""
+
+
+def test_a_sigpipe_belongs_to_the_job_that_raised_it() -> None:
+    """In a process of its own: the watch installs a signal handler and a
+    wakeup descriptor, which are the process's (pytest-trio has its own)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SIGPIPE_SCRIPT], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert (done.stdout, done.stderr) == ("job 1: sigpipe\njob 2: None\n", "")
