@@ -128,6 +128,13 @@ def _main(
         memory_budget=config.memory_budget,
         fuel=config.fuel,
         code_source=code,
+        # Each module a worker keeps holds a descriptor (wasmtime maps its
+        # code and data from the front's memfd): an eighth of the worker's
+        # descriptors for each cache, and plans (whose modules stay alive
+        # with them) bounded to match; the rest is for requests, which may
+        # carry 253 descriptors each.
+        max_modules=max(8, config.worker_max_fds // 8),
+        plan_cache_size=max(2, min(256, config.worker_max_fds // 32)),
     )
     try:
         loaded = runtime.preload(config.preload, library_path=()) if config.preload else []

@@ -151,8 +151,9 @@ class Runtime:
     a path puts it there, False turns it off. ``code_source`` replaces both
     compiling and the disk cache (wasmrund's workers get code from the
     daemon this way). ``memory_budget`` bounds the
-    in-memory module cache (bytes); ``plan_cache_size`` the number of link
-    plans kept.
+    in-memory module cache (bytes) and ``max_modules``, if given, the number
+    of modules it and the generated modules' cache keep each;
+    ``plan_cache_size`` the number of link plans kept.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class Runtime:
         plan_cache_size: int = 256,
         fuel: bool = False,
         code_source: CodeSource | None = None,
+        max_modules: int | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         self.fuel = fuel
@@ -175,8 +177,10 @@ class Runtime:
         disk = _disk_cache(
             disk_cache, self.engine, env, disk_cache_max_bytes, engine_settings(fuel)
         )
-        self.cache = ModuleCache(self.engine, memory_budget, disk, code_source)
-        self.generated = GeneratedModules(self.engine, self.cache.compile)
+        self.cache = ModuleCache(
+            self.engine, memory_budget, disk, code_source, max_modules=max_modules
+        )
+        self.generated = GeneratedModules(self.engine, self.cache.compile, max_modules=max_modules)
         self.host_linker = make_host_linker(self.engine)
         self.search = SearchPath.create(library_path, dict(env), default_library_path)
         self.plan_cache_size = plan_cache_size

@@ -64,9 +64,15 @@ class ModuleCache:
         budget_bytes: int = DEFAULT_BUDGET,
         disk: DiskCache | None = None,
         code_source: CodeSource | None = None,
+        max_modules: int | None = None,
     ) -> None:
         self.engine = engine
         self.budget_bytes = budget_bytes
+        # Code from a code_source is mapped from a descriptor that wasmtime
+        # keeps open as long as the module lives (its data is mapped from
+        # it copy-on-write): a worker seeing many small modules would run
+        # out of descriptors long before the byte budget.
+        self.max_modules = max_modules
         self.disk = disk
         self.code_source = code_source
         self.stats = CacheStats()
@@ -150,7 +156,10 @@ class ModuleCache:
         self._evict()
 
     def _evict(self) -> None:
-        while self._bytes > self.budget_bytes and len(self._entries) > 1:
+        while len(self._entries) > 1 and (
+            self._bytes > self.budget_bytes
+            or (self.max_modules is not None and len(self._entries) > self.max_modules)
+        ):
             digest, _ = self._entries.popitem(last=False)
             self._bytes -= self._costs.pop(digest)
             self.stats.evictions += 1

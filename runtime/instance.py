@@ -77,17 +77,21 @@ class GeneratedModules:
     them. Shared by runs and threads.
 
     Least recently used modules are dropped past ``budget_bytes`` of module
-    bytes: the core module is one per plan, and the module defining the
-    memory carries the plan's memory image (libc.so's data: 220 KiB), so a
-    long-lived runtime that sees many programs must not keep them all."""
+    bytes, or past ``max_modules`` modules: the core module is one per plan,
+    and the module defining the memory carries the plan's memory image
+    (libc.so's data: 220 KiB), so a long-lived runtime that sees many
+    programs must not keep them all (and in wasmrund's workers each one
+    holds a descriptor: see :class:`~wasmrun.runtime.cache.ModuleCache`)."""
 
     def __init__(
         self,
         engine: wasmtime.Engine,
         compiler: Callable[[str, ModuleBytes], wasmtime.Module] | None = None,
         budget_bytes: int = GENERATED_BUDGET,
+        max_modules: int | None = None,
     ) -> None:
         self.engine = engine
+        self.max_modules = max_modules
         # The module cache's compiler: a fresh process deserializes generated
         # modules from the disk cache like any other, compiling nothing.
         self._compiler = compiler
@@ -140,7 +144,10 @@ class GeneratedModules:
             if key not in self._modules:
                 self._modules[key] = (mod, size)
                 self._bytes += size
-                while self._bytes > self.budget_bytes and len(self._modules) > 1:
+                while len(self._modules) > 1 and (
+                    self._bytes > self.budget_bytes
+                    or (self.max_modules is not None and len(self._modules) > self.max_modules)
+                ):
                     _, (_, dropped) = self._modules.popitem(last=False)
                     self._bytes -= dropped
         return mod

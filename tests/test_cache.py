@@ -41,6 +41,19 @@ def test_memory_cache_hits_and_lru_eviction(corpus: Path):
     assert rt.stats()["memory.misses"] == 6
 
 
+def test_the_module_caches_can_be_bounded_by_count(corpus: Path, tmp_path: Path):
+    """``max_modules`` (wasmrund's workers: each module holds a descriptor)
+    bounds the module cache and the generated modules' cache by number,
+    whatever their bytes."""
+    rt = fresh(corpus, False, max_modules=2)
+    for name in ["libbase.so", "libleft.so", "libright.so", "libfp.so"]:
+        rt.cache.load(str(corpus / name))
+    assert rt.stats()["memory.entries"] == 2
+    for name in ["hello.wasm", "datamain.wasm", "fpmain.wasm"]:
+        assert rt.run(str(corpus / name), stdout=str(tmp_path / "out")).exit_code == 0
+    assert len(rt.generated) <= 2 and rt.stats()["memory.entries"] <= 2
+
+
 def test_changed_file_is_never_served_stale(corpus: Path, tmp_path: Path):
     lib = tmp_path / "libx.so"
     shutil.copy(corpus / "libleft.so", lib)

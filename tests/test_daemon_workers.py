@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_daemon import TIMEOUT, Daemon, start_daemon
+from test_daemon import TIMEOUT, Daemon, raw_run, start_daemon
 from wasmrun.daemon.zygote import COMPILER_NAME
+from wasmrun.protocol import RunResult
 from wasmrun.toolchain.synthetic import straight_line_program
 
 
@@ -482,3 +483,23 @@ def test_a_compiler_killed_while_idle_costs_no_request(corpus: Path, tmp_path: P
         second = _cli(d, corpus, str(_straight_line_program(tmp_path / "b.wasm", 31_402)))
         assert (second.returncode, second.stderr) == (0, "")
         assert "compile.processes_started: 2" in _cli_status(d)
+
+
+def test_a_worker_running_many_new_programs_keeps_within_its_descriptors(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Every module a worker keeps holds a descriptor (wasmtime maps it from
+    the front's memfd): its caches are bounded by count to fit
+    worker_max_fds, so a tenant running program after program never meets
+    EMFILE (before: one descriptor more per new program, for good)."""
+    with start_daemon(config="worker_max_fds = 64\nconcurrency = 1\n") as d:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for n in range(80):
+                program = _straight_line_program(tmp_path / f"p{n}.wasm", 500 + n)
+                msg = raw_run(d, program, stdout=null)
+                assert isinstance(msg, RunResult) and msg.exit_code == 0, (n, msg)
+        finally:
+            os.close(null)
+        [worker] = _workers(d)
+        assert len(os.listdir(f"/proc/{worker}/fd")) < 48
