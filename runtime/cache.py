@@ -81,7 +81,7 @@ class ModuleCache:
         self._bytes = 0
         self._by_identity: dict[str, tuple[tuple[int, ...], str]] = {}
         self._lock = threading.RLock()
-        self._compile_locks: dict[str, threading.Lock] = {}
+        self._compile_locks: dict[str, tuple[threading.Lock, list[int]]] = {}
 
     # -- lookup ---------------------------------------------------------------
 
@@ -170,42 +170,57 @@ class ModuleCache:
     # -- compilation ------------------------------------------------------------
 
     def compile(self, digest: str, data: ModuleBytes) -> wasmtime.Module:
-        """Deserialize from disk or compile (and save); one compile per digest
-        even when threads race for it. ``data`` may be a function making the
+        """Deserialize from disk or compile (and save); one at a time per
+        digest when threads race for it. ``data`` may be a function making the
         bytes: called only when they are needed (not on a disk cache hit)."""
+        # One lock per digest while anyone compiles it, then forgotten: a
+        # long-lived process (a wasmrund worker) sees module after module.
         with self._lock:
-            lock = self._compile_locks.setdefault(digest, threading.Lock())
-        with lock:
-            if self.code_source is not None:
-                t0 = time.perf_counter()
-                module = self.code_source(digest, module_bytes(data))
-                with self._lock:
-                    self.stats.deserializes += 1
-                    self.stats.deserialize_seconds += time.perf_counter() - t0
-                return module
-            t0 = time.perf_counter()
-            loaded = self.disk.load(digest) if self.disk is not None else None
-            if loaded is not None:
-                with self._lock:
-                    self.stats.deserializes += 1
-                    self.stats.deserialize_seconds += time.perf_counter() - t0
-                return loaded
-            t0 = time.perf_counter()
-            data = module_bytes(data)
-            module = wasmtime.Module(self.engine, data)
+            entry = self._compile_locks.get(digest)
+            if entry is None:
+                entry = self._compile_locks[digest] = (threading.Lock(), [0])
+            entry[1][0] += 1
+        try:
+            with entry[0]:
+                return self._compile(digest, data)
+        finally:
             with self._lock:
-                self.stats.compiles += 1
-                self.stats.compile_seconds += time.perf_counter() - t0
-            if self.disk is not None:
-                size = self.disk.store(digest, module)
-                if size:
-                    with self._lock:
-                        if digest in self._costs:
-                            # Account what the compiled code costs, now known.
-                            self._bytes += size + len(data) - self._costs[digest]
-                            self._costs[digest] = size + len(data)
-                            self._evict()
+                entry[1][0] -= 1
+                if not entry[1][0]:
+                    del self._compile_locks[digest]
+
+    def _compile(self, digest: str, data: ModuleBytes) -> wasmtime.Module:
+        """compile() under the digest's lock."""
+        if self.code_source is not None:
+            t0 = time.perf_counter()
+            module = self.code_source(digest, module_bytes(data))
+            with self._lock:
+                self.stats.deserializes += 1
+                self.stats.deserialize_seconds += time.perf_counter() - t0
             return module
+        t0 = time.perf_counter()
+        loaded = self.disk.load(digest) if self.disk is not None else None
+        if loaded is not None:
+            with self._lock:
+                self.stats.deserializes += 1
+                self.stats.deserialize_seconds += time.perf_counter() - t0
+            return loaded
+        t0 = time.perf_counter()
+        data = module_bytes(data)
+        module = wasmtime.Module(self.engine, data)
+        with self._lock:
+            self.stats.compiles += 1
+            self.stats.compile_seconds += time.perf_counter() - t0
+        if self.disk is not None:
+            size = self.disk.store(digest, module)
+            if size:
+                with self._lock:
+                    if digest in self._costs:
+                        # Account what the compiled code costs, now known.
+                        self._bytes += size + len(data) - self._costs[digest]
+                        self._costs[digest] = size + len(data)
+                        self._evict()
+        return module
 
     # -- management -------------------------------------------------------------
 

@@ -52,6 +52,7 @@ def test_the_module_caches_can_be_bounded_by_count(corpus: Path, tmp_path: Path)
     for name in ["hello.wasm", "datamain.wasm", "fpmain.wasm"]:
         assert rt.run(str(corpus / name), stdout=str(tmp_path / "out")).exit_code == 0
     assert len(rt.generated) <= 2 and rt.stats()["memory.entries"] <= 2
+    assert rt.cache._compile_locks == {}  # nothing kept per module compiled
 
 
 def test_changed_file_is_never_served_stale(corpus: Path, tmp_path: Path):

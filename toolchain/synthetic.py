@@ -5,7 +5,8 @@ of a given cost rather than a given behaviour.
 ``n`` times ``local.get; i32.const 1; i32.add; local.set``: valid, quick to
 run, and as costly for Cranelift as it is long (7 MB, n = 1,000,000, took
 ~720 MiB and ~5 s to compile on a 2-core machine of 2026). Each ``n`` is a
-different module, so a new ``n`` is one no cache holds yet.
+different module, so a new ``n`` is one no cache holds yet (or a new
+``tag``, for modules of one size).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def _section(n: int, body: bytes) -> bytes:
     return bytes([n]) + _leb(len(body)) + body
 
 
-def straight_line_program(instructions: int) -> bytes:
-    """The module's bytes (see the module docstring)."""
+def straight_line_program(instructions: int, tag: int | None = None) -> bytes:
+    """The module's bytes (see the module docstring). A ``tag`` (0..2**64-1)
+    goes into a custom section of fixed size: modules of one size that are
+    each new to a cache."""
     body = bytes([0x20, 0, 0x41, 1, 0x6A, 0x21, 0]) * instructions
     code = bytes([1, 1, 0x7F]) + body + b"\x0b"  # one i32 local
     exports = bytes([2]) + _leb(6) + b"_start" + bytes([0, 0]) + _leb(6) + b"memory" + bytes([2, 0])
@@ -38,4 +41,5 @@ def straight_line_program(instructions: int) -> bytes:
         + _section(5, bytes([1, 0, 1]))  # memory 0: one page
         + _section(7, exports)
         + _section(10, bytes([1]) + _leb(len(code)) + code)
+        + (b"" if tag is None else _section(0, _leb(3) + b"tag" + tag.to_bytes(8, "little")))
     )
