@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
@@ -93,7 +94,11 @@ class Compilers:
                 return fd
             async with _one_at_a_time(self._per_uid, uid), self._limiter:
                 code = await self._compile(data)
-            return await self.offload(self.store.add, digest, code)
+            try:
+                return await self.offload(self.store.add, digest, code)  # it owns code now
+            except trio.Cancelled:  # before the thread started: still ours
+                os.close(code)
+                raise
 
     async def _compile(self, data: bytes) -> int:
         """A memfd of code from a compiler process (unsealed: the store
