@@ -233,7 +233,8 @@ def cold_worker(sock: Path, program: Path, daemon_pid: int) -> None:
     times = []
     for _ in range(10):
         for worker in descendants(zygote)[1:]:
-            os.kill(worker, signal.SIGKILL)
+            if not _is_compiler(worker):
+                os.kill(worker, signal.SIGKILL)
         client.close()
         client = Client(sock, program)
         while True:  # the front notices the death when the worker's socket closes
