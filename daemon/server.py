@@ -423,7 +423,17 @@ class Server:
     def _log_refusal(self, peer: Peer, err: Error) -> None:
         self.refusal_log.warning("refused uid=%d pid=%d: %s", peer.uid, peer.pid, err.message)
 
-    def stats(self) -> dict[str, int | float | str]:
+    def stats(self, viewer: int | None = None) -> dict[str, int | float | str]:
+        """The counters; for a ``viewer`` uid other than root and the
+        daemon's own, without other uids' entries (``uid.N.*``): a tenant
+        learns nothing of who else uses the daemon, or how much."""
+        out = self._stats()
+        if viewer is None or viewer in (0, self.own.uid):
+            return out
+        mine = f"uid.{viewer}."
+        return {k: v for k, v in out.items() if not k.startswith("uid.") or k.startswith(mine)}
+
+    def _stats(self) -> dict[str, int | float | str]:
         out: dict[str, int | float | str] = dict(self.counters)
         if self.compilers is not None:
             out.update(self.compilers.summary())
@@ -736,7 +746,8 @@ class _ConnectionHandler:
                 Pong(request_id=msg.request_id, version=PROTOCOL_VERSION, server=SERVER_NAME)
             )
         elif isinstance(msg, Stats):
-            await self.send(StatsResult(request_id=msg.request_id, stats=self.server.stats()))
+            stats = self.server.stats(viewer=self.peer.uid)
+            await self.send(StatsResult(request_id=msg.request_id, stats=stats))
         elif isinstance(msg, Cancel):
             job = self.inflight.get(msg.request_id)
             if job is not None:

@@ -565,6 +565,22 @@ def test_a_guest_blocked_in_sleep_is_killed_and_others_run_meanwhile(world: Worl
     assert again.returncode == 0, again
 
 
+def test_a_tenants_status_shows_no_other_uid(world: World) -> None:
+    """``wasmrun status`` tells a tenant the daemon's totals and its own
+    entries, never who else uses the daemon or how much."""
+    a, b, _ = world.tenants
+    assert world.cli(b, "run", str(world.pub / "hello.wasm")).returncode == 0
+    assert world.cli(a, "run", str(world.pub / "hello.wasm")).returncode == 0
+    status = world.cli(a, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"uid.{a.uid}.workers" in status.stdout and "daemon.requests" in status.stdout
+    assert f"uid.{b.uid}." not in status.stdout and "uid.0." not in status.stdout
+    as_root = subprocess.run(
+        [*WASMRUN, "status"], env=world.env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert f"uid.{b.uid}.workers" in as_root.stdout, as_root.stderr  # the operator sees all
+
+
 def test_a_uid_not_allowed_is_refused_every_time(world: World) -> None:
     c = world.tenants[2]
     for _ in range(20):

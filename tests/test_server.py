@@ -236,6 +236,10 @@ async def test_ping_and_stats(autojump_clock) -> None:
         assert stats[f"uid.{uid}.connections"] == 1
         assert stats[f"uid.{uid}.workers"] == 1 and stats[f"uid.{uid}.queued"] == 0
         assert stats["daemon.requests"] == 1
+        # Another tenant sees the daemon's totals, not who else uses it.
+        other = h.server.stats(viewer=uid + 4242)
+        assert other["daemon.requests"] == 1 and not any(k.startswith("uid.") for k in other)
+        assert h.server.stats(viewer=uid)[f"uid.{uid}.workers"] == 1
 
 
 async def test_a_request_id_in_use_breaks_the_connection(autojump_clock) -> None:
