@@ -84,6 +84,9 @@ def effective_limits(config: DaemonConfig, asked: Limits) -> Effective:
 
 
 NOT_VISIBLE = "(not visible to wasmrund)"
+"""Ends the message for a file the client opened but the daemon cannot see
+at its path (a private /tmp, another mount namespace, a rename): nothing
+ran, so the client runs the request in its own process instead."""
 
 SIGPIPE_REASON = "sigpipe"
 """A run's stop reason when its guest wrote to a pipe (or socket) whose
@@ -91,9 +94,6 @@ reader went away: a native program dies of SIGPIPE there, and so does
 ``wasmrun`` in process; a worker stops the guest instead (see worker.py),
 and the client dies of the signal."""
 _SIGPIPE_MESSAGE = "killed by SIGPIPE (its output's reader went away)"
-"""Ends the message for a file the client opened but the daemon cannot see
-at its path (a private /tmp, another mount namespace, a rename): nothing
-ran, so the client runs the request in its own process instead."""
 
 
 def check_opened_file(path: str, fd: int | None) -> str | None:

@@ -151,7 +151,7 @@ class _ThreadPool:
         worker.start()
 
     def _work(self, task: Callable[[], None]) -> None:
-        # A relay's EPIPE is not a guest's write (worker._watch_for_sigpipe).
+        # A relay's EPIPE is not a guest's write (worker._SigpipeWatch).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
         while True:
             task()
