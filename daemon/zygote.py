@@ -277,6 +277,41 @@ def _lower_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
+def _set_up_child(
+    report_fd: int,
+    what: str,
+    limits: Callable[[], tuple[int, int | None]],
+    take_identity: Callable[[], None],
+) -> bool:
+    """In a forked child: its limits (``limits()``: descriptors, and data
+    if any, read from the request here so that a bad one is reported too),
+    then its identity (``take_identity``), then what must follow an
+    identity change; a failure is reported on ``report_fd`` as "cannot
+    WHAT: why". Whether the child may go on."""
+    try:
+        max_fds, max_data = limits()
+        _lower_limit(resource.RLIMIT_NOFILE, max_fds)
+        if max_data:
+            _lower_limit(resource.RLIMIT_DATA, max_data)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        take_identity()
+        # After the identity change: the kernel clears the parent-death
+        # signal when credentials change.
+        set_parent_death_signal(signal.SIGKILL)
+        # Never the child's death: a worker's serve then stops the guest
+        # that wrote to a pipe nobody reads, as SIGPIPE would stop a native
+        # program.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        if os.getppid() == 1:
+            raise OSError("the zygote exited")
+    except (OSError, ValueError, KeyError, TypeError, IdentityError) as e:
+        os.write(report_fd, f"cannot {what}: {e}".encode())
+        return False
+    os.close(report_fd)
+    sys.stdin = None
+    return True
+
+
 def _become_worker(
     worker_fds: list[int],
     identity: Identity,
@@ -289,25 +324,13 @@ def _become_worker(
     """In the forked child: limits, identity, then serve."""
     from . import worker
 
-    try:
-        _lower_limit(resource.RLIMIT_NOFILE, msg["max_fds"])
-        if msg.get("max_data"):
-            _lower_limit(resource.RLIMIT_DATA, msg["max_data"])
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        become(identity)
-        # After the identity change: the kernel clears the parent-death
-        # signal when credentials change.
-        set_parent_death_signal(signal.SIGKILL)
-        # Never the worker's death: worker.serve then stops the guest that
-        # wrote to a pipe nobody reads, as SIGPIPE would stop a native program.
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        if os.getppid() == 1:
-            raise OSError("the zygote exited")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        os.write(report_fd, f"cannot become {identity.describe()}: {e}".encode())
+    if not _set_up_child(
+        report_fd,
+        f"become {identity.describe()}",
+        lambda: (msg["max_fds"], msg.get("max_data")),
+        lambda: become(identity),
+    ):
         return
-    os.close(report_fd)
-    sys.stdin = None
     channel = SyncChannel(socket.socket(fileno=worker_fds[0]))
     code.channel = channel
     worker.serve(channel, socket.socket(fileno=worker_fds[1]), runtime, config, code)
@@ -325,20 +348,13 @@ def _become_compiler(
     from . import compiler
     from .identity import can_change_identity, drop_front_privileges, front_identity, name_process
 
-    name_process(COMPILER_NAME)
-    try:
-        _lower_limit(resource.RLIMIT_NOFILE, 64)
-        _lower_limit(resource.RLIMIT_DATA, msg["max_data"])
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    def as_the_front() -> None:
         privileged = can_change_identity()
         drop_front_privileges(front_identity(config.user) if privileged else None, privileged)
-        set_parent_death_signal(signal.SIGKILL)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        if os.getppid() == 1:
-            raise OSError("the zygote exited")
-    except (OSError, ValueError, KeyError, TypeError, IdentityError) as e:
-        os.write(report_fd, f"cannot set up a compiler: {e}".encode())
+
+    name_process(COMPILER_NAME)
+    if not _set_up_child(
+        report_fd, "set up a compiler", lambda: (64, msg["max_data"]), as_the_front
+    ):
         return
-    os.close(report_fd)
-    sys.stdin = None
     compiler.serve(SyncChannel(socket.socket(fileno=fd)), engine)
