@@ -118,19 +118,26 @@ def run(
     args: list[str] = (),  # type: ignore[assignment]
     timeout_ms: int | None = None,
     slow: bool = False,
+    hang_up: bool = False,
 ) -> tuple[wire.Reply | None, bytes]:
-    """A run with stdout/stderr into a pipe; (reply, output)."""
+    """A run with stdout/stderr into a pipe; (reply, output). ``slow``: the
+    pipe is read slowly; ``hang_up``: its reader goes away after one read."""
     conn = Conn(path)
     r, w = os.pipe()
     prog = os.open(program, os.O_RDONLY)
     out = bytearray()
 
     def drain() -> None:
+        nonlocal r
         while True:
             data = os.read(r, 8192)
             if not data:
                 return
             out.extend(data)
+            if hang_up:
+                os.close(r)
+                r = -1
+                return
             if slow:
                 time.sleep(0.002)
 
@@ -147,7 +154,8 @@ def run(
         os.close(prog)
         conn.close()
         reader.join()
-        os.close(r)
+        if r >= 0:
+            os.close(r)
     return reply, bytes(out)
 
 
@@ -207,22 +215,7 @@ def scenario(
             return f"reply {reply and reply.fields}", None
         return None, "cannot compile"
     if kind == "sigpipe":
-        conn = Conn(path)
-        r, w = os.pipe()
-        prog = os.open(corpus / "yes.wasm", os.O_RDONLY)
-        try:
-            conn.send(bench.run_frame(corpus / "yes.wasm", [], _ROLES, 1, 20_000), [w, w, prog])
-            os.close(w)
-            w = -1
-            os.read(r, 4096)  # the first lines, then the reader goes away
-            os.close(r)
-            r = -1
-            reply = conn.reply()
-        finally:
-            for fd in (r, w, prog):
-                if fd >= 0:
-                    os.close(fd)
-            conn.close()
+        reply, _ = run(path, corpus / "yes.wasm", timeout_ms=20_000, hang_up=True)
         if reply is None or reply.fields.get("kind") != "signal":
             return f"reply {reply and reply.fields}", None
         return None, "signal"
