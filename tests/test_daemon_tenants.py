@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 from test_daemon import TIMEOUT, Daemon, start_daemon
-from test_daemon_workers import _compilers, _straight_line_program
+from test_daemon_workers import _compilers, _open_files, _straight_line_program
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -505,12 +505,8 @@ def test_the_cache_and_its_key_are_out_of_reach(world: World) -> None:
     workers = _workers_of(a.uid)
     assert workers, "the tenant's worker should still be alive (idle)"
     for pid in workers:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            assert not target.startswith(str(cache)), (pid, fd, target)
+        for target in _open_files(pid):
+            assert not target.startswith(str(cache)), (pid, target)
 
 
 def test_workers_hold_the_tenants_credentials_and_nothing_more(world: World) -> None:

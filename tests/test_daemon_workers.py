@@ -42,24 +42,23 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def _workers(d: Daemon) -> list[int]:
-    """The daemon's live workers: children of its zygote, the front's child
-    (the zygote's other children are compilers)."""
+def _zygote_children(d: Daemon, compilers: bool) -> list[int]:
+    """Live children of the daemon's zygote (the front's child): its
+    compiler processes, or else its workers."""
     return [
-        w
+        pid
         for z in _children(d.proc.pid)
-        for w in _children(z)
-        if _alive(w) and _comm(w) != COMPILER_NAME
+        for pid in _children(z)
+        if _alive(pid) and (_comm(pid) == COMPILER_NAME) == compilers
     ]
+
+
+def _workers(d: Daemon) -> list[int]:
+    return _zygote_children(d, compilers=False)
 
 
 def _compilers(d: Daemon) -> list[int]:
-    return [
-        c
-        for z in _children(d.proc.pid)
-        for c in _children(z)
-        if _alive(c) and _comm(c) == COMPILER_NAME
-    ]
+    return _zygote_children(d, compilers=True)
 
 
 def _cli(d: Daemon, corpus: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
